@@ -1,0 +1,153 @@
+"""Apply layer: the only code that creates run directories and talks to a Scheduler to change anything.
+
+Every spec error is raised before this layer runs; here a run directory is created, then stages are
+submitted in topological order, each attempt recorded as soon as the scheduler accepts it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+from orchestrator import dag
+from orchestrator import state as statelib
+from orchestrator.errors import PipelineError, SchedulerError
+from orchestrator.plan import Plan
+from orchestrator.scheduler import Scheduler, SubmitRequest
+from orchestrator.spec import Spec
+from orchestrator.state import Attempt, RunPaths, RunState, StageState, Store
+from orchestrator.states import JobState
+
+
+def run_root(spec: Spec, override: Path | None = None) -> Path:
+    if override is not None:
+        return override
+    if os.environ.get("PIPELINE_RUN_ROOT"):
+        return Path(os.environ["PIPELINE_RUN_ROOT"])
+    if spec.cluster.run_root:
+        return Path(os.path.expanduser(spec.cluster.run_root))
+    return statelib.pipeline_home() / "runs"
+
+
+def create_run(spec: Spec, plan: Plan, root: Path) -> Store:
+    """Write the run directory: spec copy, plan, scripts and a state file with every stage NOT_SUBMITTED."""
+    run_id = statelib.new_run_id(plan.pipeline)
+    paths = RunPaths(root / run_id)
+    paths.root.mkdir(parents=True, exist_ok=False)
+    paths.make_dirs()
+    shutil.copyfile(spec.source.path, paths.spec_copy)
+    for stage in plan.stages:
+        statelib.atomic_write(paths.script(stage.name), stage.script, mode=0o755)
+    statelib.write_json(paths.plan, plan.to_json())
+    store = Store(paths.root)
+    store.create(RunState(
+        run_id=run_id, pipeline=plan.pipeline, scheduler=plan.cluster.scheduler, cluster=plan.cluster.name,
+        spec_sha256=hashlib.sha256(spec.source.path.read_bytes()).hexdigest(), workdir=plan.workdir,
+        stages={s.name: StageState(after=list(s.after)) for s in plan.stages},
+    ))
+    statelib.register(run_id, paths.root)
+    return store
+
+
+def submit_stages(store: Store, plan: Plan, scheduler: Scheduler, names: set[str]) -> list[str]:
+    """Submit `names` in topological order, held, then release them together. Returns the new job ids.
+
+    A parent outside `names` must be COMPLETED (no dependency: Slurm rejects dependencies on purged jobs,
+    desihub/desispec#2350) or still active (then the child depends on its job id).
+    """
+    current = store.read()
+    order = [n for n in dag.topological(plan.parents()) if n in names]
+    submitted: dict[str, str] = {}
+    try:
+        for name in order:
+            after = _dependency_ids(current, plan, name, submitted)
+            stage = plan.stage(name)
+            job_id = scheduler.submit(SubmitRequest(
+                run_dir=store.paths.root, run_id=current.run_id, stage=name, resources=stage.resources,
+                after=tuple(after), hold=True, retries=stage.retries))
+            submitted[name] = job_id
+            with store.update() as state:
+                state.stages[name].attempts.append(Attempt(job_id=job_id))
+    finally:
+        # Release what was accepted even when a later sbatch failed: status shows the truth and
+        # `pipeline rerun` submits the rest (the NOT_SUBMITTED stages) with dependencies on these.
+        if submitted:
+            scheduler.release(list(submitted.values()))
+    return list(submitted.values())
+
+
+def _dependency_ids(state: RunState, plan: Plan, name: str, submitted: dict[str, str]) -> list[str]:
+    ids = []
+    for parent in plan.stage(name).after:
+        if parent in submitted:
+            ids.append(submitted[parent])
+            continue
+        parent_state = state.stages[parent]
+        current = parent_state.current
+        if parent_state.state.ok:
+            continue
+        if current is not None and parent_state.state.active:
+            ids.append(current.job_id)
+            continue
+        raise PipelineError(f"stage {name} needs {parent}, which is {parent_state.state.value}",
+                            f"rerun {parent} too: pipeline rerun {state.run_id} --stage {parent}")
+    return ids
+
+
+def select_rerun(state: RunState, plan: Plan, stage: str | None, from_stage: str | None) -> set[str]:
+    """Which stages a rerun resubmits (see `pipeline rerun --help`)."""
+    parents = plan.parents()
+    for name in (stage, from_stage):
+        if name is not None and name not in parents:
+            raise PipelineError(f"run {state.run_id} has no stage {name!r}", f"stages: {', '.join(parents)}")
+    if from_stage is not None:
+        order = dag.topological(parents)
+        return set(order[order.index(from_stage):])
+    if stage is not None:
+        return dag.downstream(parents, [stage])
+    unknown = [n for n, s in state.stages.items() if s.state is JobState.UNKNOWN]
+    if unknown:
+        raise PipelineError(f"stage(s) {', '.join(unknown)} are UNKNOWN: the scheduler cannot say how they ended",
+                            f"check `pipeline status {state.run_id}` and the logs, then name one with --stage")
+    failed = [n for n, s in state.stages.items() if not s.state.ok and not s.state.active]
+    return dag.downstream(parents, failed)
+
+
+def rerun(store: Store, plan: Plan, scheduler: Scheduler, stage: str | None = None,
+          from_stage: str | None = None) -> dict[str, str]:
+    state = store.read()
+    names = select_rerun(state, plan, stage, from_stage)
+    if not names:
+        raise PipelineError(f"run {state.run_id} has nothing to rerun: no stage failed",
+                            "name one with --stage S or --from S")
+    busy = [n for n in names if state.stages[n].state.active]
+    if busy:
+        raise PipelineError(f"stage(s) {', '.join(sorted(busy))} are still queued or running",
+                            f"wait, or cancel first: pipeline cancel {state.run_id} --stage {sorted(busy)[0]}")
+    ids = submit_stages(store, plan, scheduler, names)
+    return dict(zip([n for n in dag.topological(plan.parents()) if n in names], ids))
+
+
+def cancel(store: Store, plan: Plan, scheduler: Scheduler, stage: str | None = None) -> list[str]:
+    """Cancel the active jobs of the run, or of one stage and everything downstream of it."""
+    state = store.read()
+    names = set(state.stages) if stage is None else dag.downstream(plan.parents(), [stage])
+    if stage is not None and stage not in state.stages:
+        raise PipelineError(f"run {state.run_id} has no stage {stage!r}")
+    ids = [s.current.job_id for n, s in state.stages.items()
+           if n in names and s.current is not None and not s.state.terminal]
+    if ids:
+        try:
+            scheduler.cancel(ids)
+        except SchedulerError:
+            raise
+        with store.update() as fresh:
+            for name in names:
+                current = fresh.stages[name].current
+                if current is not None and current.job_id in ids:
+                    current.reason = "cancel requested"
+    return ids
+
+

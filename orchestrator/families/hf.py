@@ -1,0 +1,75 @@
+"""GPU (and CPU) family on Hugging Face transformers + peft: seeds 003/004 and the tiny offline example.
+
+Stages call the programs in stages/ (`python -m stages <name>`); torchrun provides DDP/FSDP across nodes.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from orchestrator.families import Family, Kind, Params
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HfLora(Strict):
+    r: Annotated[int, Field(gt=0)] = 8
+    alpha: Annotated[int, Field(gt=0)] = 32
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    target_modules: Annotated[list[str], Field(min_length=1)] = ["q_proj", "v_proj"]
+
+
+class HfSettings(Strict):
+    model_source: str = Field("tiny", description="tiny | hf://<repo> | s3://bucket/prefix | a local path")
+    data: str = Field("examples/data/dolly-tiny.jsonl", description="JSONL file; relative paths: the spec's folder")
+    format: Literal["dolly", "chat"] = "dolly"
+    method: Literal["lora", "qlora", "full"] = "lora"
+    lora: HfLora = Field(default_factory=HfLora)
+    learning_rate: Annotated[float, Field(gt=0)] = 1e-4
+    epochs: Annotated[int, Field(gt=0)] = 1
+    max_steps: int = -1
+    batch_size: Annotated[int, Field(gt=0)] = 4
+    grad_accum: Annotated[int, Field(gt=0)] = 1
+    seq_len: Annotated[int, Field(gt=0)] = 512
+    packing: bool = True
+    dtype: Literal["fp32", "bf16"] = "bf16"
+    save_steps: Annotated[int, Field(gt=0)] = 100
+    seed: int = 42
+    eval_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    nproc_per_node: Annotated[int, Field(gt=0)] = 1
+    fsdp: bool = False
+    rdzv_port: Annotated[int, Field(gt=1023, lt=65536)] = 29500
+
+
+class EvaluateParams(Params):
+    max_loss_ratio: Annotated[float, Field(gt=0)] = 1.0
+
+
+class InferenceParams(Params):
+    prompts: list[str] = ["What is the capital of France?"]
+    system_prompt: str | None = None
+    max_new_tokens: Annotated[int, Field(gt=0)] = 32
+    temperature: Annotated[float, Field(ge=0)] = 0.0
+
+
+def _context(settings: Any) -> dict[str, Any]:
+    return {}
+
+
+FAMILY = Family(
+    name="hf",
+    settings=HfSettings,
+    kinds={
+        "download": Kind("hf/download.sh.j2", outputs=lambda s, p: ["model/config.json", "model/manifest.json"]),
+        "finetune": Kind("hf/finetune.sh.j2", outputs=lambda s, p: ["checkpoints/final"]),
+        "consolidate": Kind("hf/consolidate.sh.j2", outputs=lambda s, p: ["adapter/adapter_config.json"]),
+        "merge": Kind("hf/merge.sh.j2", outputs=lambda s, p: ["merged/config.json"]),
+        "evaluate": Kind("hf/evaluate.sh.j2", EvaluateParams, lambda s, p: ["reports/evaluate.json"]),
+        "inference": Kind("hf/inference.sh.j2", InferenceParams, lambda s, p: ["reports/inference.json"]),
+    },
+    context=_context,
+)

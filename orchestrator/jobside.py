@@ -1,0 +1,125 @@
+"""The job-side wrapper: runs inside the Slurm job (through submitit) or under the local driver.
+
+It records its own start, end, exit code, host and restart count in the run directory (records/<stage>/),
+so status stays truthful when accounting is off or purged, resolves secrets at run time, streams the
+script's output live to the stage log with secret values redacted, and checks declared outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from orchestrator import secrets as secretlib
+from orchestrator.errors import PipelineError
+from orchestrator.spec import SecretRef
+from orchestrator.state import RunPaths, atomic_write, now_iso
+
+STAGES_PATH = str(Path(__file__).resolve().parent.parent)  # the folder holding the `stages` package
+OUTPUT_MISSING_RC = 86  # distinct, so the log and status say "outputs missing", not a program crash
+SECRET_FAILED_RC = 87
+
+
+def record_path(paths: RunPaths, stage: str, job_id: str, restarts: int) -> Path:
+    return paths.records(stage) / f"{job_id.replace('/', '_')}.{restarts}.json"
+
+
+def write_record(path: Path, record: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps(record, sort_keys=True))
+
+
+def run_stage(run_dir: str, stage: str, job_id: str | None = None) -> None:
+    """Entry point submitted through submitit (and run by the local driver). Exits non-zero on failure."""
+    rc = execute(Path(run_dir), stage, job_id or os.environ.get("SLURM_JOB_ID", "unknown"))
+    if rc:
+        sys.exit(rc)
+
+
+def execute(run_dir: Path, stage: str, job_id: str) -> int:
+    paths = RunPaths(run_dir)
+    plan = json.loads(paths.plan.read_text(encoding="utf-8"))
+    spec = next(s for s in plan["stages"] if s["name"] == stage)
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+    rec_path = record_path(paths, stage, job_id, restarts)
+    record: dict[str, Any] = {"job_id": job_id, "stage": stage, "restarts": restarts, "host": socket.gethostname(),
+                              "node": os.environ.get("SLURMD_NODENAME"), "nodes": os.environ.get("SLURM_JOB_NODELIST"),
+                              "start": now_iso(), "pid": os.getpid()}
+    write_record(rec_path, record)
+    log_path = paths.log(stage, job_id)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab", buffering=0) as log:
+        log.write(f"=== pipeline: stage {stage} job {job_id} restart {restarts} on {record['host']} "
+                  f"at {record['start']}\n".encode())
+        rc, reason = _run_script(paths, plan, stage, job_id, log)
+        if rc == 0:
+            missing = _missing_outputs(plan, paths, spec["outputs"])
+            if missing:
+                rc, reason = OUTPUT_MISSING_RC, f"declared outputs missing: {', '.join(missing)}"
+        log.write(f"=== pipeline: exit {rc}{' (' + reason + ')' if reason else ''} at {now_iso()}\n".encode())
+    record.update(end=now_iso(), exit_code=rc, reason=reason)
+    write_record(rec_path, record)
+    return rc
+
+
+def _run_script(paths: RunPaths, plan: dict[str, Any], stage: str, job_id: str, log: Any) -> tuple[int, str | None]:
+    env = dict(os.environ)
+    try:
+        refs = {k: SecretRef.model_validate(v) for k, v in plan["secrets"].items()}
+        values = secretlib.resolve_all(refs, env)
+    except PipelineError as exc:
+        log.write(f"=== pipeline: {exc}\n".encode())
+        return SECRET_FAILED_RC, f"secret not available: {exc.message}"
+    env.update(values)
+    env.update(PIPELINE_RUN_DIR=str(paths.root), PIPELINE_STAGE=stage, PIPELINE_JOB_ID=job_id,
+               PIPELINE_STAGES_PATH=STAGES_PATH, PYTHONUNBUFFERED="1")
+    child = subprocess.Popen(["bash", str(paths.script(stage))], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             env=env, cwd=str(paths.root), start_new_session=True)
+    _forward_signals(child)
+    redact = [v.encode() for v in values.values() if v]
+    assert child.stdout is not None
+    for line in iter(child.stdout.readline, b""):
+        for secret in redact:
+            line = line.replace(secret, b"***")
+        log.write(line)
+    rc = child.wait()
+    if rc < 0:
+        return 128 - rc, f"killed by signal {-rc}"
+    return rc, None if rc == 0 else f"script exited {rc}"
+
+
+def _forward_signals(child: subprocess.Popen[bytes]) -> None:
+    """Pass SIGTERM/SIGUSR2/SIGINT to the script's whole process group so training can checkpoint and exit."""
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        try:
+            os.killpg(child.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    for sig in (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT):
+        signal.signal(sig, forward)
+
+
+def _missing_outputs(plan: dict[str, Any], paths: RunPaths, outputs: list[str]) -> list[str]:
+    workdir = Path(plan["workdir"]) if plan["workdir"] else paths.workdir_default
+    return [out for out in outputs if not (workdir / out).exists()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 3:
+        print("usage: python -m orchestrator.jobside RUN_DIR STAGE JOB_ID", file=sys.stderr)
+        return 2
+    return execute(Path(args[0]), args[1], args[2])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""Plan layer: pure. Turns a validated Spec into rendered scripts, resources and dependencies as data.
+
+No cluster call happens here (style.md practice 3): `pipeline render` must work on a laptop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from orchestrator import dag, families
+from orchestrator.errors import RenderError
+from orchestrator.spec import ClusterProfile, Resources, SecretRef, Spec
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    name: str
+    kind: str
+    family: str
+    after: tuple[str, ...]
+    resources: Resources
+    script: str
+    outputs: tuple[str, ...]
+    retries: int
+
+    def sbatch_flags(self) -> list[str]:
+        """The stage's resources as sbatch flags, for display (the Slurm backend maps the same fields)."""
+        return resource_flags(self.resources)
+
+
+@dataclass(frozen=True)
+class Plan:
+    pipeline: str
+    cluster: ClusterProfile
+    workdir: str | None
+    secrets: dict[str, SecretRef]
+    stages: tuple[StagePlan, ...]
+
+    def stage(self, name: str) -> StagePlan:
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise KeyError(name)
+
+    def parents(self) -> dict[str, list[str]]:
+        return {s.name: list(s.after) for s in self.stages}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pipeline": self.pipeline,
+            "cluster": self.cluster.model_dump(),
+            "workdir": self.workdir,
+            "secrets": {k: v.model_dump(exclude_none=True) for k, v in self.secrets.items()},
+            "stages": [
+                {"name": s.name, "kind": s.kind, "family": s.family, "after": list(s.after),
+                 "resources": s.resources.model_dump(exclude_none=True), "sbatch": s.sbatch_flags(),
+                 "outputs": list(s.outputs), "retries": s.retries,
+                 "script_sha256": hashlib.sha256(s.script.encode()).hexdigest()}
+                for s in self.stages
+            ],
+        }
+
+
+def load_saved(plan_json: dict[str, Any], scripts_dir: Path) -> Plan:
+    """The plan a run was submitted with (plan.json + scripts/): reruns use exactly what was rendered then."""
+    stages = tuple(
+        StagePlan(s["name"], s["kind"], s["family"], tuple(s["after"]), Resources.model_validate(s["resources"]),
+                  (scripts_dir / f"{s['name']}.sh").read_text(encoding="utf-8"), tuple(s["outputs"]), s["retries"])
+        for s in plan_json["stages"]
+    )
+    secrets = {k: SecretRef.model_validate(v) for k, v in plan_json["secrets"].items()}
+    return Plan(plan_json["pipeline"], ClusterProfile.model_validate(plan_json["cluster"]), plan_json["workdir"],
+                secrets, stages)
+
+
+def resource_flags(res: Resources) -> list[str]:
+    flags = []
+    for key in ("nodes", "ntasks_per_node", "cpus_per_task", "gpus_per_node", "gres", "mem", "time",
+                "partition", "constraint", "account", "qos"):
+        value = getattr(res, key)
+        if value is not None:
+            flags.append(f"--{key.replace('_', '-')}={value}")
+    if res.exclusive:
+        flags.append("--exclusive")
+    for key, value in sorted(res.sbatch.items()):
+        if value is True:
+            flags.append(f"--{key}")
+        elif value is not False:
+            flags.append(f"--{key}={value}")
+    return flags
+
+
+def shell_quote(value: Any) -> str:
+    """Jinja filter `q`: every value that reaches a script goes through this (stages.md defect 3)."""
+    if isinstance(value, bool):
+        value = "true" if value else "false"
+    return shlex.quote(str(value))
+
+
+@lru_cache(maxsize=1)
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        undefined=jinja2.StrictUndefined,  # a missing variable fails the render (defect 21)
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+    env.filters["q"] = shell_quote
+    env.filters["json"] = lambda v: json.dumps(v, sort_keys=True)
+    return env
+
+
+def build(spec: Spec) -> Plan:
+    """Render every stage; raises RenderError before anything is submitted."""
+    pipeline = spec.pipeline
+    registry = families.registry()
+    parents = spec.parents()
+    order = dag.topological(parents)
+    by_name = {s.name: s for s in pipeline.stages}
+    stages = []
+    for name in order:
+        stage = by_name[name]
+        family = registry[families.family_of(pipeline, stage)]
+        kind = families.kind_of(family, stage.kind)
+        assert kind is not None  # spec validation guarantees it
+        settings = families.settings_of(pipeline, family)
+        params: Any = stage.params if stage.kind == "command" else kind.params.model_validate(stage.params)
+        resources = stage.resources.over(spec.cluster.defaults)
+        context = {
+            "pipeline": pipeline, "stage": stage, "settings": settings, "params": params, "resources": resources,
+            "cluster": spec.cluster, "workdir": pipeline.workdir, "venv": pipeline.venv,
+            "env": {**spec.cluster.env, **pipeline.env, **stage.env}, "spec_dir": str(spec.source.path.parent.resolve()),
+            **family.context(settings),
+        }
+        script = render(kind.template, context)
+        outputs = tuple(kind.outputs(settings, params)) + tuple(stage.outputs)
+        stages.append(StagePlan(name, stage.kind, family.name, tuple(parents[name]), resources, script, outputs,
+                                stage.retries))
+    return Plan(pipeline.name, spec.cluster, pipeline.workdir, dict(pipeline.secrets), tuple(stages))
+
+
+def render(template: str, context: dict[str, Any]) -> str:
+    try:
+        text = environment().get_template(template).render(**context)
+    except jinja2.TemplateNotFound as exc:
+        raise RenderError(f"template {exc.name} not found under {TEMPLATES}") from None
+    except jinja2.TemplateSyntaxError as exc:
+        raise RenderError(f"{exc.filename or template}:{exc.lineno}: template syntax error: {exc.message}") from None
+    except jinja2.UndefinedError as exc:
+        raise RenderError(f"{template}: {exc.message}", "a template used a variable the spec does not set") from None
+    if not text.startswith("#!"):
+        # sbatch and execve both need the shebang on line 1 (stages.md defect 5).
+        raise RenderError(f"{template}: rendered script does not start with #!")
+    return text

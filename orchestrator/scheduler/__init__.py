@@ -1,0 +1,66 @@
+"""The one Scheduler protocol and its backends: slurm (submitit), local (detached driver), fake (in memory)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from orchestrator.spec import ClusterProfile, Resources
+from orchestrator.states import JobState
+
+
+@dataclass(frozen=True)
+class SubmitRequest:
+    run_dir: Path
+    run_id: str
+    stage: str
+    resources: Resources
+    after: tuple[str, ...] = ()  # job ids that must COMPLETE first (afterok)
+    hold: bool = False  # submitted held; released together by release() (closes the parent-finished race)
+    retries: int = 0
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    state: JobState
+    exit_code: int | None = None
+    nodes: str | None = None
+    start: str | None = None
+    end: str | None = None
+    reason: str | None = None
+    restarts: int = 0
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class Scheduler(Protocol):
+    """Contract every backend keeps:
+
+    1. submit() returns a job id only after the scheduler accepted the job; it raises SchedulerError otherwise.
+    2. query() makes at most one batched call per backend for all ids; an id the scheduler knows nothing about is
+       absent from the result (never guessed); a failed query raises SchedulerError (status shows UNKNOWN).
+    3. cancel() is idempotent: cancelling a finished or unknown job is not an error.
+    4. A job whose dependency fails is cancelled by the scheduler, never left pending forever.
+    """
+
+    kind: str
+
+    def submit(self, request: SubmitRequest) -> str: ...
+
+    def release(self, job_ids: Sequence[str]) -> None: ...
+
+    def query(self, job_ids: Sequence[str]) -> dict[str, JobInfo]: ...
+
+    def cancel(self, job_ids: Sequence[str]) -> None: ...
+
+
+def for_cluster(cluster: ClusterProfile, run_dir: Path) -> Scheduler:
+    """Build the backend for a cluster profile; the only place that chooses one."""
+    if cluster.scheduler == "local":
+        from orchestrator.scheduler.local import LocalScheduler
+
+        return LocalScheduler(run_dir)
+    from orchestrator.scheduler.slurm import SlurmScheduler
+
+    return SlurmScheduler(run_dir, cluster)

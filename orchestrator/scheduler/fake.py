@@ -1,0 +1,57 @@
+"""In-memory backend for unit tests: records every call, lets tests script each job's state."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from orchestrator.errors import SchedulerError
+from orchestrator.scheduler import JobInfo, SubmitRequest
+from orchestrator.states import JobState
+
+
+@dataclass
+class FakeScheduler:
+    kind: str = "fake"
+    jobs: dict[str, JobInfo] = field(default_factory=dict)
+    requests: dict[str, SubmitRequest] = field(default_factory=dict)
+    held: set[str] = field(default_factory=set)
+    cancelled: list[str] = field(default_factory=list)
+    query_calls: int = 0
+    fail_submit_of: str | None = None  # stage name whose submission is refused
+    fail_query: bool = False
+    next_id: int = 100
+
+    def submit(self, request: SubmitRequest) -> str:
+        if request.stage == self.fail_submit_of:
+            raise SchedulerError(f"sbatch refused stage {request.stage}: fake refusal")
+        self.next_id += 1
+        job_id = str(self.next_id)
+        self.requests[job_id] = request
+        self.jobs[job_id] = JobInfo(JobState.PENDING, reason="JobHeldUser" if request.hold else "Dependency")
+        if request.hold:
+            self.held.add(job_id)
+        return job_id
+
+    def release(self, job_ids: Sequence[str]) -> None:
+        self.held.difference_update(job_ids)
+
+    def query(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
+        self.query_calls += 1
+        if self.fail_query:
+            raise SchedulerError("fake sacct failure")
+        return {j: self.jobs[j] for j in job_ids if j in self.jobs}
+
+    def cancel(self, job_ids: Sequence[str]) -> None:
+        for job_id in job_ids:
+            self.cancelled.append(job_id)
+            if job_id in self.jobs and not self.jobs[job_id].state.terminal:
+                self.jobs[job_id] = JobInfo(JobState.CANCELLED)
+
+    def finish(self, job_id: str, state: JobState, exit_code: int = 0) -> None:
+        """Test helper: move a job to a final state, cancelling dependents like --kill-on-invalid-dep."""
+        self.jobs[job_id] = JobInfo(state, exit_code=exit_code, nodes="node1")
+        if state is not JobState.COMPLETED:
+            for other, request in self.requests.items():
+                if job_id in request.after and not self.jobs[other].state.terminal:
+                    self.finish(other, JobState.CANCELLED)

@@ -1,0 +1,234 @@
+"""Spec layer: pydantic models for a pipeline, its stages and a cluster profile, and loading with located errors.
+
+Every model forbids unknown keys: a misspelt key (`nodess: 2`) must fail loudly, not be ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from orchestrator import dag, yamlsrc
+from orchestrator.errors import SpecError
+
+NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+Name = Annotated[str, Field(pattern=NAME_RE, description="letters, digits, '_', '.', '-' (max 64)")]
+# Slurm time formats (sbatch --time): MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS.
+SLURM_TIME_RE = r"^(\d+-)?\d+(:\d{1,2}){0,2}$|^UNLIMITED$"
+ENV_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
+# sbatch flags the orchestrator owns: a user value would break dependencies, logs or job tagging.
+RESERVED_SBATCH = frozenset(
+    {"dependency", "output", "error", "job-name", "comment", "parsable", "hold", "kill-on-invalid-dep",
+     "wrap", "open-mode", "array", "signal"}
+)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Resources(Strict):
+    """Slurm resources of one stage. Unset fields fall back to the cluster profile's `defaults`."""
+
+    nodes: Annotated[int, Field(gt=0, le=4096)] | None = None
+    ntasks_per_node: Annotated[int, Field(gt=0, le=1024)] | None = None
+    cpus_per_task: Annotated[int, Field(gt=0, le=1024)] | None = None
+    gpus_per_node: Annotated[int, Field(ge=0, le=64)] | None = None
+    gres: str | None = None
+    mem: Annotated[str, Field(pattern=r"^\d+[KMGT]?$")] | None = None
+    time: Annotated[str, Field(pattern=SLURM_TIME_RE)] | None = None
+    partition: str | None = None
+    exclusive: bool | None = None
+    constraint: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    sbatch: dict[str, str | int | bool] = Field(default_factory=dict, description="extra sbatch flags")
+
+    @field_validator("sbatch")
+    @classmethod
+    def _no_reserved(cls, value: dict[str, str | int | bool]) -> dict[str, str | int | bool]:
+        for key in value:
+            if not re.fullmatch(r"[a-z][a-z0-9-]*", key):
+                raise ValueError(f"{key!r} is not an sbatch long option name (e.g. 'mail-type')")
+            if key in RESERVED_SBATCH:
+                raise ValueError(f"--{key} is set by pipeline itself and cannot be overridden")
+        return value
+
+    def over(self, base: Resources) -> Resources:
+        """These resources with unset fields taken from base."""
+        merged = {k: v for k, v in base.model_dump().items()}
+        for key, value in self.model_dump(exclude_unset=True).items():
+            merged[key] = {**base.sbatch, **value} if key == "sbatch" else value
+        return Resources.model_validate(merged)
+
+
+class SecretRef(Strict):
+    """Where a secret comes from AT RUN TIME. Its value is never written to scripts, state or logs."""
+
+    env: Annotated[str, Field(pattern=ENV_NAME_RE)] | None = None
+    file: str | None = None
+    aws_secret: str | None = None
+    region: str | None = None
+    key: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SecretRef:
+        sources = [s for s in (self.env, self.file, self.aws_secret) if s is not None]
+        if len(sources) != 1:
+            raise ValueError("give exactly one of env, file or aws_secret")
+        return self
+
+
+class ClusterProfile(Strict):
+    """Where and how stages run: clusters/<name>.yaml or inline under `cluster:`."""
+
+    name: Name
+    scheduler: Literal["slurm", "local"] = "slurm"
+    run_root: str | None = Field(None, description="shared directory for run directories (FSx on HyperPod)")
+    python: str | None = Field(None, description="interpreter with pipeline installed, visible on compute nodes")
+    accounting: Literal["auto", "on", "off"] = "auto"
+    hyperpod: Literal["auto", "on", "off"] = Field("auto", description="add srun --auto-resume=1 (HyperPod only)")
+    defaults: Resources = Field(default_factory=Resources)
+    env: dict[Annotated[str, Field(pattern=ENV_NAME_RE)], str] = Field(default_factory=dict)
+
+
+LOCAL_CLUSTER = ClusterProfile(name="local", scheduler="local")
+
+
+class Stage(Strict):
+    name: Name
+    kind: Name = Field(description="what the stage does, e.g. finetune; `command` runs `run:` as written")
+    family: Name | None = Field(None, description="template family; defaults to the pipeline's")
+    after: list[Name] | None = Field(None, description="stages this one waits for; default: the previous stage")
+    resources: Resources = Field(default_factory=Resources)
+    params: dict[str, Any] = Field(default_factory=dict)
+    run: str | None = Field(None, description="bash body of a `command` stage")
+    outputs: list[str] = Field(default_factory=list, description="paths that must exist when the stage succeeds")
+    retries: Annotated[int, Field(ge=0, le=20)] = 0
+    env: dict[Annotated[str, Field(pattern=ENV_NAME_RE)], str] = Field(default_factory=dict)
+
+
+class Pipeline(Strict):
+    name: Name
+    cluster: Name | ClusterProfile = "local"
+    family: Name = "command"
+    workdir: str | None = Field(None, description="artifact root; default <run dir>/work")
+    venv: str | None = Field(None, description="virtualenv activated in every stage")
+    env: dict[Annotated[str, Field(pattern=ENV_NAME_RE)], str] = Field(default_factory=dict)
+    secrets: dict[Annotated[str, Field(pattern=ENV_NAME_RE)], SecretRef] = Field(default_factory=dict)
+    settings: dict[str, Any] = Field(default_factory=dict, description="family settings shared by its stages")
+    stages: Annotated[list[Stage], Field(min_length=1)]
+
+
+class Spec:
+    """A validated pipeline, its resolved cluster profile and where it came from."""
+
+    def __init__(self, pipeline: Pipeline, cluster: ClusterProfile, source: yamlsrc.Located) -> None:
+        self.pipeline = pipeline
+        self.cluster = cluster
+        self.source = source
+
+    def parents(self) -> dict[str, list[str]]:
+        return resolve_after(self.pipeline.stages)
+
+
+def resolve_after(stages: list[Stage]) -> dict[str, list[str]]:
+    """A stage waits for the previous one unless it names `after:` (an empty list means no wait)."""
+    parents: dict[str, list[str]] = {}
+    for index, stage in enumerate(stages):
+        if stage.after is not None:
+            parents[stage.name] = list(stage.after)
+        else:
+            parents[stage.name] = [stages[index - 1].name] if index else []
+    return parents
+
+
+def error_at(source: yamlsrc.Located, loc: yamlsrc.KeyPath, message: str, hint: str | None = None) -> SpecError:
+    return SpecError(f"{source.where(loc)}: {message}", hint)
+
+
+def validation_error(source: yamlsrc.Located, exc: ValidationError, prefix: yamlsrc.KeyPath = ()) -> SpecError:
+    """Turn pydantic's errors into one message listing file:line: key.path: problem for each."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = prefix + tuple(p for p in err["loc"] if not _is_union_tag(p))
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; `pipeline schema` lists every key)"
+        lines.append(f"{source.where(loc)}: {msg}")
+    return SpecError("\n".join(lines[:20]))
+
+
+def _is_union_tag(part: str | int) -> bool:
+    # pydantic inserts the union member's name ("ClusterProfile", "str", "function-after[...]") into loc.
+    return isinstance(part, str) and (part[:1].isupper() or part in ("str", "int", "bool") or "[" in part)
+
+
+def load(path: Path, cluster_dirs: list[Path] | None = None) -> Spec:
+    """Load and fully validate a pipeline file. Raises SpecError naming file, line and key."""
+    source = yamlsrc.load(path)
+    if not isinstance(source.data, dict):
+        raise error_at(source, (), "a pipeline file must be a mapping with `name:` and `stages:`")
+    try:
+        pipeline = Pipeline.model_validate(source.data)
+    except ValidationError as exc:
+        raise validation_error(source, exc) from None
+    _check_graph(source, pipeline)
+    cluster = _resolve_cluster(source, pipeline, cluster_dirs or default_cluster_dirs(path))
+    from orchestrator import families  # late: families import spec models
+
+    families.validate(source, pipeline)
+    return Spec(pipeline, cluster, source)
+
+
+def _check_graph(source: yamlsrc.Located, pipeline: Pipeline) -> None:
+    names: dict[str, int] = {}
+    for index, stage in enumerate(pipeline.stages):
+        if stage.name in names:
+            raise error_at(source, ("stages", index, "name"), f"duplicate stage name {stage.name!r}",
+                           f"first defined as stages[{names[stage.name]}]")
+        names[stage.name] = index
+    for index, stage in enumerate(pipeline.stages):
+        for j, parent in enumerate(stage.after or []):
+            if parent not in names:
+                raise error_at(source, ("stages", index, "after", j), f"unknown stage {parent!r}",
+                               f"known stages: {', '.join(names)}")
+            if parent == stage.name:
+                raise error_at(source, ("stages", index, "after", j), "a stage cannot wait for itself")
+    cycle = dag.find_cycle(resolve_after(pipeline.stages))
+    if cycle:
+        first = names[cycle[0]]
+        raise error_at(source, ("stages", first, "after"), f"dependency cycle: {' -> '.join(cycle)}")
+
+
+def default_cluster_dirs(spec_path: Path) -> list[Path]:
+    repo_clusters = Path(__file__).resolve().parent.parent / "clusters"
+    return [spec_path.resolve().parent / "clusters", spec_path.resolve().parent.parent / "clusters",
+            Path.home() / ".pipeline" / "clusters", repo_clusters]
+
+
+def _resolve_cluster(source: yamlsrc.Located, pipeline: Pipeline, dirs: list[Path]) -> ClusterProfile:
+    if isinstance(pipeline.cluster, ClusterProfile):
+        return pipeline.cluster
+    for directory in dirs:
+        candidate = directory / f"{pipeline.cluster}.yaml"
+        if candidate.is_file():
+            return load_cluster(candidate)
+    if pipeline.cluster == "local":
+        return LOCAL_CLUSTER
+    searched = ", ".join(str(d) for d in dirs)
+    raise error_at(source, ("cluster",), f"unknown cluster {pipeline.cluster!r}",
+                   f"write clusters/{pipeline.cluster}.yaml (searched {searched}) or use `cluster: local`")
+
+
+def load_cluster(path: Path) -> ClusterProfile:
+    source = yamlsrc.load(path)
+    if not isinstance(source.data, dict):
+        raise error_at(source, (), "a cluster profile must be a mapping")
+    try:
+        return ClusterProfile.model_validate(source.data)
+    except ValidationError as exc:
+        raise validation_error(source, exc) from None

@@ -1,0 +1,243 @@
+"""The run directory and its state file. Nothing else in the code base assembles run paths or writes state.
+
+Writes are atomic (temp file + fsync + os.replace) under an flock, so concurrent `pipeline` processes
+(status on one node, rerun on another) never corrupt the file or lose each other's updates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import secrets
+import time
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from orchestrator.errors import StateError
+from orchestrator.states import JobState
+
+SCHEMA_VERSION = 1
+LOCK_TIMEOUT_S = 60.0
+RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class Attempt(BaseModel):
+    """One submission of a stage. Fields other than job_id are refreshed from the scheduler and job records."""
+
+    model_config = ConfigDict(extra="forbid")
+    job_id: str
+    state: JobState = JobState.PENDING
+    submitted: str = Field(default_factory=now_iso)
+    start: str | None = None
+    end: str | None = None
+    exit_code: int | None = None
+    nodes: str | None = None
+    reason: str | None = None
+    restarts: int = 0
+
+
+class StageState(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    after: list[str]
+    attempts: list[Attempt] = Field(default_factory=list)
+
+    @property
+    def current(self) -> Attempt | None:
+        return self.attempts[-1] if self.attempts else None
+
+    @property
+    def state(self) -> JobState:
+        return self.current.state if self.current else JobState.NOT_SUBMITTED
+
+
+class RunState(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    schema_version: int = SCHEMA_VERSION
+    run_id: str
+    pipeline: str
+    scheduler: str
+    cluster: str
+    created: str = Field(default_factory=now_iso)
+    spec_sha256: str
+    workdir: str | None = None
+    stages: dict[str, StageState]
+
+
+class RunPaths:
+    """Every path inside one run directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state.json"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".state.lock"
+
+    @property
+    def spec_copy(self) -> Path:
+        return self.root / "spec.yaml"
+
+    @property
+    def plan(self) -> Path:
+        return self.root / "plan.json"
+
+    @property
+    def submitit(self) -> Path:
+        return self.root / "submitit"
+
+    @property
+    def local(self) -> Path:
+        return self.root / "local"
+
+    @property
+    def workdir_default(self) -> Path:
+        return self.root / "work"
+
+    def script(self, stage: str) -> Path:
+        return self.root / "scripts" / f"{stage}.sh"
+
+    def log(self, stage: str, job_id: str) -> Path:
+        return self.root / "logs" / f"{stage}.{job_id.replace('/', '_')}.log"
+
+    def records(self, stage: str) -> Path:
+        return self.root / "records" / stage
+
+    def make_dirs(self) -> None:
+        for sub in ("scripts", "logs", "records", "submitit"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+
+
+def atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def locked(lock_path: Path, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise StateError(f"{lock_path} stayed locked for {timeout:.0f} s",
+                                     "another pipeline command is updating this run; retry shortly") from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)
+
+
+class Store:
+    """Reads and updates one run's state.json."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.paths = RunPaths(run_dir)
+
+    def read(self) -> RunState:
+        try:
+            raw = self.paths.state.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise StateError(f"{self.paths.root} has no state.json",
+                             "is this a run directory? `pipeline list` shows known runs") from None
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise StateError(f"{self.paths.state} is not valid JSON ({exc})") from None
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise StateError(f"{self.paths.state} has schema version {data.get('schema_version')!r}; "
+                             f"this pipeline reads version {SCHEMA_VERSION}", "use the pipeline version that made it")
+        try:
+            return RunState.model_validate(data)
+        except ValidationError as exc:
+            raise StateError(f"{self.paths.state} is malformed: {exc.errors()[0]['msg']}") from None
+
+    def write(self, state: RunState) -> None:
+        atomic_write(self.paths.state, state.model_dump_json(indent=2))
+
+    def create(self, state: RunState) -> None:
+        with locked(self.paths.lock):
+            if self.paths.state.exists():
+                raise StateError(f"{self.paths.state} already exists")
+            self.write(state)
+
+    @contextlib.contextmanager
+    def update(self) -> Iterator[RunState]:
+        """Read-modify-write under the lock; the change is written only if the block finishes."""
+        with locked(self.paths.lock):
+            state = self.read()
+            yield state
+            self.write(state)
+
+
+def new_run_id(pipeline: str) -> str:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{pipeline}-{stamp}-{secrets.token_hex(2)}"
+
+
+def pipeline_home() -> Path:
+    return Path(os.environ.get("PIPELINE_HOME") or Path.home() / ".pipeline")
+
+
+def index_dir() -> Path:
+    return pipeline_home() / "index"
+
+
+def register(run_id: str, run_dir: Path) -> None:
+    """Remember where a run lives so `pipeline status RUN` finds it whatever run_root the cluster used."""
+    index_dir().mkdir(parents=True, exist_ok=True)
+    atomic_write(index_dir() / run_id, str(run_dir.resolve()) + "\n")
+
+
+def find_run(ref: str | None) -> Path:
+    """A run directory from a run id, a path, or None (the most recent run)."""
+    if ref is None:
+        runs = list_runs()
+        if not runs:
+            raise StateError("no runs yet", "submit one with `pipeline submit FILE.yaml`")
+        return runs[-1]
+    as_path = Path(ref)
+    if (as_path / "state.json").is_file():
+        return as_path
+    if not RUN_ID_RE.match(ref):
+        raise StateError(f"{ref!r} is neither a run directory nor a run id")
+    entry = index_dir() / ref
+    if entry.is_file():
+        return Path(entry.read_text(encoding="utf-8").strip())
+    raise StateError(f"unknown run {ref!r}", "`pipeline list` shows known runs")
+
+
+def list_runs() -> list[Path]:
+    """Known run directories, oldest first (by the time they were registered)."""
+    if not index_dir().is_dir():
+        return []
+    entries = sorted(index_dir().iterdir(), key=lambda p: (p.stat().st_mtime, p.name))
+    dirs = [Path(e.read_text(encoding="utf-8").strip()) for e in entries if RUN_ID_RE.match(e.name)]
+    return [d for d in dirs if (d / "state.json").is_file()]
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write(path, json.dumps(data, indent=2, sort_keys=True))

@@ -1,0 +1,161 @@
+"""Status: refresh the state of many runs with one batched scheduler query, and build the view.
+
+Stages already terminal in the state file are never queried again; all other jobs of all runs shown go
+into one sacct call (one squeue without accounting): the polling pattern that does not overload
+slurmctld/slurmdbd (sacct(1) and squeue(1) PERFORMANCE sections; submitit#1759, Snakemake-Profiles/slurm#81).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import SchedulerError, StateError
+from orchestrator.scheduler import JobInfo, Scheduler
+from orchestrator.spec import ClusterProfile
+from orchestrator.state import Attempt, RunPaths, RunState, Store
+from orchestrator.states import JobState
+
+
+@dataclass
+class RunView:
+    run_dir: Path
+    state: RunState
+    warning: str | None = None
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _cluster_of(run_dir: Path) -> ClusterProfile:
+    plan = json.loads(RunPaths(run_dir).plan.read_text(encoding="utf-8"))
+    return ClusterProfile.model_validate(plan["cluster"])
+
+
+def scheduler_for(run_dir: Path) -> Scheduler:
+    from orchestrator.scheduler import for_cluster
+
+    return for_cluster(_cluster_of(run_dir), run_dir)
+
+
+def pending_ids(state: RunState) -> list[str]:
+    return [s.current.job_id for s in state.stages.values() if s.current is not None and not s.state.terminal]
+
+
+def refresh(run_dirs: list[Path], schedulers: dict[str, Scheduler] | None = None) -> list[RunView]:
+    """Read each run, query every non-terminal job in one call per scheduler, persist what changed."""
+    views = [RunView(d, Store(d).read()) for d in run_dirs]
+    groups: dict[str, list[RunView]] = {}
+    for view in views:
+        groups.setdefault(_group_key(view), []).append(view)
+    for key, members in groups.items():
+        ids = [j for v in members for j in pending_ids(v.state)]
+        if not ids:
+            continue
+        scheduler = (schedulers or {}).get(key) or scheduler_for(members[0].run_dir)
+        try:
+            found: dict[str, JobInfo] | None = scheduler.query(ids)
+        except SchedulerError as exc:
+            found = None
+            for view in members:
+                view.warning = f"scheduler query failed ({exc.message}); states below may be stale"
+        for view in members:
+            _apply(view, found)
+    return views
+
+
+def _group_key(view: RunView) -> str:
+    if view.state.scheduler != "slurm":
+        return view.state.scheduler
+    return "slurm:" + _cluster_of(view.run_dir).accounting
+
+
+def _apply(view: RunView, found: dict[str, JobInfo] | None) -> None:
+    paths = RunPaths(view.run_dir)
+    updates: dict[str, Attempt] = {}
+    for name, stage in view.state.stages.items():
+        current = stage.current
+        if current is None or stage.state.terminal:
+            continue
+        if found is None:
+            current.state, current.reason = JobState.UNKNOWN, "scheduler query failed"
+            continue  # shown, never persisted: a failed query is not news about the job
+        info = found.get(current.job_id)
+        merged = _merge(current, info, latest_record(paths, name, current.job_id))
+        updates[name] = merged
+        stage.attempts[-1] = merged
+    if updates:
+        with Store(view.run_dir).update() as fresh:
+            for name, attempt in updates.items():
+                target = fresh.stages[name].current
+                if target is not None and target.job_id == attempt.job_id:  # a concurrent rerun wins
+                    fresh.stages[name].attempts[-1] = attempt
+
+
+def _merge(attempt: Attempt, info: JobInfo | None, record: dict[str, Any] | None) -> Attempt:
+    new = attempt.model_copy()
+    if info is not None:
+        new.state, new.reason = info.state, info.reason
+        new.exit_code = info.exit_code if info.exit_code is not None else new.exit_code
+        new.nodes = info.nodes or new.nodes
+        new.start, new.end = info.start or new.start, info.end or new.end
+        new.restarts = max(info.restarts, new.restarts)
+        if record and info.state.terminal and record.get("reason") and not info.state.ok:
+            new.reason = record["reason"]  # "declared outputs missing: ..." beats a bare FAILED
+        return new
+    # The scheduler knows nothing (no accounting and aged out of squeue, or purged): trust the job's own record.
+    if record is None:
+        new.state, new.reason = JobState.UNKNOWN, "the scheduler has no record of this job and it left none"
+    elif "exit_code" in record:
+        new.state = JobState.COMPLETED if record["exit_code"] == 0 else JobState.FAILED
+        new.exit_code, new.end, new.reason = record["exit_code"], record["end"], record.get("reason")
+    else:
+        new.state, new.reason = JobState.UNKNOWN, "started but left no end record and the scheduler forgot it"
+    if record is not None:
+        new.start, new.nodes = record.get("start") or new.start, record.get("nodes") or record.get("host")
+    return new
+
+
+def latest_record(paths: RunPaths, stage: str, job_id: str) -> dict[str, Any] | None:
+    folder = paths.records(stage)
+    safe = job_id.replace("/", "_")
+    candidates = sorted(folder.glob(f"{safe}.*.json"), key=lambda p: int(p.stem.rsplit(".", 1)[-1]))
+    if not candidates:
+        return None
+    try:
+        data: dict[str, Any] = json.loads(candidates[-1].read_text(encoding="utf-8"))
+        return data
+    except (OSError, ValueError):
+        raise StateError(f"{candidates[-1]} is unreadable") from None
+
+
+def parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.astimezone()  # Slurm prints local time without an offset
+
+
+def elapsed(attempt: Attempt) -> str:
+    start = parse_time(attempt.start)
+    if start is None:
+        return ""
+    end = parse_time(attempt.end) or (datetime.now(timezone.utc) if attempt.state is JobState.RUNNING else None)
+    if end is None:
+        return ""
+    seconds = max(0, int((end - start).total_seconds()))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def to_json(view: RunView) -> dict[str, Any]:
+    data = view.state.model_dump(mode="json")
+    data["run_dir"] = str(view.run_dir)
+    data["warning"] = view.warning
+    for name, stage in view.state.stages.items():
+        data["stages"][name]["state"] = stage.state.value
+        data["stages"][name]["elapsed"] = elapsed(stage.current) if stage.current else ""
+    return data
