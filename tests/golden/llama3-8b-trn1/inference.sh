@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# pipeline llama3-8b-trn1 / stage inference (neuron:inference)
+# Rendered by `pipeline render`; runs under pipeline's job wrapper, which sets PIPELINE_RUN_DIR,
+# PIPELINE_STAGE, PIPELINE_STAGES_PATH and the run-time secrets. Slurm resources are sbatch flags of the job.
+set -euo pipefail
+: "${PIPELINE_RUN_DIR:?run this script through pipeline: PIPELINE_RUN_DIR is unset}"
+WORKDIR=/fsx/ubuntu/peft_ft
+mkdir -p "$WORKDIR"
+cd "$WORKDIR"
+# Every stage activates the env itself: sbatch's default --export=ALL would otherwise run whatever
+# venv the submitter had active (stages.md defect 4).
+source /fsx/ubuntu/peft_ft/env_llama3_8B_peft/bin/activate
+export PYTHONPATH="${PIPELINE_STAGES_PATH:-}${PYTHONPATH:+:$PYTHONPATH}"
+# Local copies only, no Hub re-download (defect 16); base vs fine-tuned into a JSON report.
+mkdir -p "$WORKDIR/reports"
+python -m stages inference \
+  --base "$WORKDIR/model_artifacts/"Meta-Llama-3-8B-Instruct \
+  --model "$WORKDIR/final_model_output" \
+  --system-prompt 'You are a pirate chatbot who always responds in pirate speak!' \
+  --prompt 'Who are you?' \
+  --max-new-tokens 256 --temperature 0.6 --top-p 0.9 \
+  --report "$WORKDIR/reports/inference.json"
