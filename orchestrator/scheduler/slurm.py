@@ -103,7 +103,9 @@ class SlurmScheduler:
         if self.cluster.accounting != "off":
             found = self._sacct(job_ids)
             if found is not None:
-                return found
+                # slurmdbd learns of a job a moment after slurmctld: ask the controller about those only.
+                missing = [j for j in job_ids if j not in found]
+                return {**self._squeue(missing), **found} if missing else found
             if self.cluster.accounting == "on":
                 raise SchedulerError("sacct failed although the cluster profile says accounting: on",
                                      "check slurmdbd, or set accounting: auto")
@@ -123,6 +125,8 @@ class SlurmScheduler:
         return parse_sacct(out.stdout)
 
     def _squeue(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
+        if not job_ids:
+            return {}
         self.query_calls += 1
         try:
             out = proc.run(["squeue", "-h", "--states=all", "-o", SQUEUE_FORMAT, "-j", ",".join(job_ids)],
