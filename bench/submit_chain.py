@@ -1,0 +1,143 @@
+"""Benchmark: a 7-stage chain of `sleep 1` stages, `pipeline submit` vs a plain bash loop of sbatch calls.
+
+Run on the test cluster (boots one if SLURM_CONF is unset, as root):
+    .venv/bin/python bench/submit_chain.py [--repeat 3]
+Reports, in one session so the ratios are fair on a noisy machine:
+  (a) wall time of `pipeline submit` (interpreter start included) and of the raw sbatch loop;
+  (b) makespan (first stage start -> last stage end, from sacct) as a ratio to the raw chain;
+  (c) accounting RPCs that one `pipeline status` makes over 100 runs (slurmdbd: sacctmgr show stats;
+      slurmctld: sdiag), and the same for `pipeline list --last 100`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PIPELINE = [sys.executable, "-m", "orchestrator.cli"]
+SPEC = """name: bench
+cluster: {name: dev, scheduler: slurm, hyperpod: "off", defaults: {time: "00:05:00"}}
+stages:
+""" + "".join(f'  - {{name: s{i}, kind: command, run: "sleep 1"}}\n' for i in range(7))
+
+
+def sh(argv: list[str], **kw: object) -> str:
+    return subprocess.run(argv, capture_output=True, text=True, check=True, **kw).stdout  # type: ignore[call-overload]
+
+
+def raw_chain(workdir: Path) -> tuple[float, list[str]]:
+    script = workdir / "raw.sh"
+    script.write_text("#!/bin/bash\nsleep 1\n")
+    loop = (f"prev=; for i in 0 1 2 3 4 5 6; do dep=${{prev:+--dependency=afterok:$prev}}; "
+            f"prev=$(sbatch --parsable --kill-on-invalid-dep=yes -t 5 -o {workdir}/raw-%j.out $dep {script}); "
+            f"echo $prev; done")
+    start = time.perf_counter()
+    out = sh(["bash", "-c", loop])
+    return time.perf_counter() - start, out.split()
+
+
+def pipeline_chain(spec: Path) -> tuple[float, list[str]]:
+    start = time.perf_counter()
+    run_id = sh([*PIPELINE, "submit", str(spec)], cwd=REPO).strip()
+    elapsed = time.perf_counter() - start
+    data = json.loads(sh([*PIPELINE, "status", run_id, "--json"], cwd=REPO))
+    return elapsed, [s["attempts"][-1]["job_id"] for s in data["stages"].values()]
+
+
+def makespan(job_ids: list[str]) -> float:
+    deadline = time.time() + 300
+    while True:
+        rows = sh(["sacct", "-X", "-n", "-P", "-o", "JobIDRaw,State,Start,End", "-j", ",".join(job_ids)]).split()
+        states = [r.split("|") for r in rows]
+        if len(states) == len(job_ids) and all(s[1] == "COMPLETED" for s in states):
+            starts = [datetime.fromisoformat(s[2]) for s in states]
+            ends = [datetime.fromisoformat(s[3]) for s in states]
+            return (max(ends) - min(starts)).total_seconds()
+        if any(s[1] not in ("PENDING", "RUNNING", "COMPLETED", "COMPLETING") for s in states):
+            raise SystemExit(f"a benchmark job failed: {states}")
+        if time.time() > deadline:
+            raise SystemExit("benchmark chain did not finish in 300 s")
+        time.sleep(1)
+
+
+def dbd_rpcs() -> int:
+    """Total RPCs slurmdbd has served (sum of the per-type counts in `sacctmgr show stats`)."""
+    text = sh(["sacctmgr", "show", "stats"])
+    return sum(int(m) for m in re.findall(r"count:\s*(\d+)", text))
+
+
+def ctld_rpcs() -> int:
+    text = sh(["sdiag"])
+    section = text.split("Remote Procedure Call statistics by message type", 1)[-1]
+    section = section.split("Remote Procedure Call statistics by user", 1)[0]
+    return sum(int(m) for m in re.findall(r"count:\s*(\d+)", section))
+
+
+def status_rpcs(spec: Path, runs: int) -> dict[str, int]:
+    """Submit `runs` one-stage runs, then count the RPCs of the first `status` and `list` over all of them.
+
+    Their state files still say PENDING, so `list` must ask the scheduler about all 100 jobs: in one call.
+    """
+    cheap = spec.with_name("cheap.yaml")
+    cheap.write_text(SPEC.split("stages:")[0] + 'stages:\n  - {name: s0, kind: command, run: "true"}\n')
+    for _ in range(runs):
+        sh([*PIPELINE, "submit", str(cheap)], cwd=REPO)
+    result = {}
+    for label, argv in (("status", [*PIPELINE, "status"]), ("list", [*PIPELINE, "list", "--last", str(runs)])):
+        db0, ct0 = dbd_rpcs(), ctld_rpcs()
+        sh(argv, cwd=REPO)
+        db1, ct1 = dbd_rpcs(), ctld_rpcs()
+        # sacctmgr/sdiag themselves are RPCs: subtract the one each measurement adds.
+        result[f"{label}_slurmdbd_rpcs"] = db1 - db0 - 1
+        result[f"{label}_slurmctld_rpcs"] = ct1 - ct0 - 1
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=100)
+    args = parser.parse_args()
+    if not os.environ.get("SLURM_CONF"):
+        sys.path.insert(0, str(REPO))
+        from orchestrator import devcluster
+
+        cluster = devcluster.up(Path(tempfile.mkdtemp(prefix="bench-slurm-")))
+        os.environ.update(cluster.env())
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        os.environ["PIPELINE_HOME"] = str(work / "home")
+        spec = work / "bench.yaml"
+        spec.write_text(SPEC)
+        rows = []
+        for _ in range(args.repeat):
+            raw_s, raw_ids = raw_chain(work)
+            pipe_s, pipe_ids = pipeline_chain(spec)
+            rows.append({"raw_submit_s": raw_s, "pipeline_submit_s": pipe_s,
+                         "raw_makespan_s": makespan(raw_ids), "pipeline_makespan_s": makespan(pipe_ids)})
+        med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+        report = {
+            "repeats": args.repeat,
+            "pipeline_submit_s": round(med["pipeline_submit_s"], 3),
+            "raw_sbatch_loop_s": round(med["raw_submit_s"], 3),
+            "makespan_ratio": round(med["pipeline_makespan_s"] / med["raw_makespan_s"], 3),
+            "pipeline_makespan_s": round(med["pipeline_makespan_s"], 1),
+            "raw_makespan_s": round(med["raw_makespan_s"], 1),
+            **status_rpcs(spec, args.runs),
+        }
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
