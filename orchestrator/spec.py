@@ -82,6 +82,32 @@ class SecretRef(Strict):
         return self
 
 
+class HyperPodTarget(Strict):
+    """Reach a SageMaker HyperPod head node through SSM (found with the SageMaker API)."""
+
+    cluster: str = Field(description="HyperPod cluster name")
+    region: str | None = None
+    controller_group: str = Field("controller-machine", description="instance group of the head node")
+
+
+class Remote(Strict):
+    """Run pipeline commands on a head node over SSH (fabric) instead of locally."""
+
+    host: str | None = Field(None, description="ssh host or ~/.ssh/config alias; omit with hyperpod")
+    user: str | None = None
+    port: Annotated[int, Field(gt=0, lt=65536)] | None = None
+    identity_file: str | None = None
+    pipeline: str = Field("pipeline", description="the pipeline executable on the head node")
+    upload_dir: str = Field("~/.pipeline/uploads", description="where specs and their files are uploaded")
+    hyperpod: HyperPodTarget | None = None
+
+    @model_validator(mode="after")
+    def _target(self) -> Remote:
+        if (self.host is None) == (self.hyperpod is None):
+            raise ValueError("give exactly one of host or hyperpod")
+        return self
+
+
 class ClusterProfile(Strict):
     """Where and how stages run: clusters/<name>.yaml or inline under `cluster:`."""
 
@@ -93,6 +119,7 @@ class ClusterProfile(Strict):
     hyperpod: Literal["auto", "on", "off"] = Field("auto", description="add srun --auto-resume=1 (HyperPod only)")
     defaults: Resources = Field(default_factory=Resources)
     env: dict[Annotated[str, Field(pattern=ENV_NAME_RE)], str] = Field(default_factory=dict)
+    remote: Remote | None = Field(None, description="submit from a laptop: run pipeline on this head node")
 
 
 LOCAL_CLUSTER = ClusterProfile(name="local", scheduler="local")
