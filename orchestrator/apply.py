@@ -96,6 +96,33 @@ def _dependency_ids(state: RunState, plan: Plan, name: str, submitted: dict[str,
     return ids
 
 
+def adopt_orphans(store: Store, scheduler: Scheduler) -> dict[str, str]:
+    """Record jobs the scheduler holds for this run but the state file does not (a submit killed between
+    sbatch and the state write): they become the stage's latest attempt instead of being submitted twice."""
+    state = store.read()
+    tagged = scheduler.find_tagged(store.paths.root, state.run_id, list(state.stages))
+    adopted: dict[str, str] = {}
+    with store.update() as fresh:
+        for stage, ids in tagged.items():
+            known = {a.job_id for a in fresh.stages[stage].attempts}
+            for job_id in ids:
+                if job_id not in known:
+                    fresh.stages[stage].attempts.append(Attempt(job_id=job_id, reason="adopted after interrupted submit"))
+                    adopted[stage] = job_id
+    return adopted
+
+
+def resume(store: Store, plan: Plan, scheduler: Scheduler) -> list[str]:
+    """Finish an interrupted submission: adopt tagged jobs, submit stages that never got one, release all."""
+    adopt_orphans(store, scheduler)
+    state = store.read()
+    missing = {n for n, s in state.stages.items() if s.state is JobState.NOT_SUBMITTED}
+    new_ids = submit_stages(store, plan, scheduler, missing) if missing else []
+    active = [s.current.job_id for s in store.read().stages.values() if s.current and not s.state.terminal]
+    scheduler.release(active)  # jobs a killed submit left held
+    return new_ids
+
+
 def select_rerun(state: RunState, plan: Plan, stage: str | None, from_stage: str | None) -> set[str]:
     """Which stages a rerun resubmits (see `pipeline rerun --help`)."""
     parents = plan.parents()
@@ -118,6 +145,11 @@ def select_rerun(state: RunState, plan: Plan, stage: str | None, from_stage: str
 def rerun(store: Store, plan: Plan, scheduler: Scheduler, stage: str | None = None,
           from_stage: str | None = None) -> dict[str, str]:
     state = store.read()
+    if adopt_orphans(store, scheduler):
+        from orchestrator import status  # late: status imports scheduler plumbing
+
+        status.refresh([store.paths.root], {status.group_key(state, store.paths.root): scheduler})
+        state = store.read()
     names = select_rerun(state, plan, stage, from_stage)
     if not names:
         raise PipelineError(f"run {state.run_id} has nothing to rerun: no stage failed",

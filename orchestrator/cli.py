@@ -63,6 +63,14 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    if args.resume:
+        store, saved, scheduler = load_run(args.resume)
+        status.refresh([store.paths.root])
+        apply.resume(store, saved, scheduler)
+        print(store.read().run_id)
+        return _wait(store.paths.root, quiet=False) if args.wait else 0
+    if not args.file:
+        raise PipelineError("submit needs a pipeline file (or --resume RUN)")
     loaded = spec.load(Path(args.file))
     built = plan.build(loaded)  # every stage validated and rendered before the first sbatch
     root = apply.run_root(loaded, Path(args.run_root) if args.run_root else None)
@@ -226,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write scripts and plan.json to this folder")
     p.add_argument("--json", action="store_true")
     p = verb("submit", cmd_submit, "validate, render and submit the whole chain; prints the run id")
-    p.add_argument("file")
+    p.add_argument("file", nargs="?")
+    p.add_argument("--resume", metavar="RUN", help="finish an interrupted submission: no stage is submitted twice")
     p.add_argument("--run-root", help="where run directories go (default: cluster profile, then ~/.pipeline/runs)")
     p.add_argument("--wait", action="store_true", help="stay and print status until the run ends")
     p = verb("status", cmd_status, "state, job, nodes, elapsed, exit code and reason of each stage")

@@ -13,10 +13,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from orchestrator import proc
 from orchestrator import secrets as secretlib
 from orchestrator.errors import PipelineError
 from orchestrator.spec import SecretRef
@@ -25,6 +27,7 @@ from orchestrator.state import RunPaths, atomic_write, now_iso
 STAGES_PATH = str(Path(__file__).resolve().parent.parent)  # the folder holding the `stages` package
 OUTPUT_MISSING_RC = 86  # distinct, so the log and status say "outputs missing", not a program crash
 SECRET_FAILED_RC = 87
+GRACE_S = 60  # time the program gets to checkpoint before the requeue
 
 
 def record_path(paths: RunPaths, stage: str, job_id: str, restarts: int) -> Path:
@@ -83,6 +86,8 @@ def _run_script(paths: RunPaths, plan: dict[str, Any], stage: str, job_id: str, 
     child = subprocess.Popen(["bash", str(paths.script(stage))], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              env=env, cwd=str(paths.root), start_new_session=True)
     _forward_signals(child)
+    spec = next(s for s in plan["stages"] if s["name"] == stage)
+    timer = _requeue_before_timeout(child, job_id, spec["retries"], log)
     redact = [v.encode() for v in values.values() if v]
     assert child.stdout is not None
     for line in iter(child.stdout.readline, b""):
@@ -90,9 +95,57 @@ def _run_script(paths: RunPaths, plan: dict[str, Any], stage: str, job_id: str, 
             line = line.replace(secret, b"***")
         log.write(line)
     rc = child.wait()
+    if timer is not None:
+        timer.cancel()
     if rc < 0:
         return 128 - rc, f"killed by signal {-rc}"
     return rc, None if rc == 0 else f"script exited {rc}"
+
+
+def _requeue_before_timeout(child: subprocess.Popen[bytes], job_id: str, retries: int,
+                            log: Any) -> threading.Timer | None:
+    """With `retries`, a job about to hit its time limit asks the program to checkpoint (SIGUSR2), then requeues
+    itself: same job id, so afterok dependents keep waiting (sbatch(1) --requeue). Slurm's own --signal reaches
+    only job steps, not this batch-step process, so the wrapper keeps its own clock."""
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+    if not retries or restarts >= retries or not os.environ.get("SLURM_JOB_ID"):
+        return None
+    left = proc.run(["squeue", "-h", "-j", job_id, "-o", "%L"], check=False, timeout=30).stdout.strip()
+    seconds = slurm_seconds(left)
+    if seconds is None:
+        return None
+
+    def fire() -> None:
+        log.write(f"=== pipeline: time limit in {GRACE_S} s: SIGUSR2 to the stage, then requeue "
+                  f"(restart {restarts + 1} of {retries})\n".encode())
+        try:
+            os.killpg(child.pid, signal.SIGUSR2)
+            child.wait(timeout=GRACE_S * 0.75)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+        proc.run(["scontrol", "requeue", job_id], check=False, timeout=30)
+
+    timer = threading.Timer(max(1.0, seconds - GRACE_S), fire)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def slurm_seconds(value: str) -> int | None:
+    """Seconds in a Slurm duration ([D-]HH:MM:SS, MM:SS); None for UNLIMITED or garbage."""
+    days = 0
+    if "-" in value:
+        head, _, value = value.partition("-")
+        if not head.isdigit():
+            return None
+        days = int(head)
+    parts = value.split(":")
+    if not parts or not all(p.isdigit() for p in parts):
+        return None
+    seconds = 0
+    for part in parts:
+        seconds = seconds * 60 + int(part)
+    return days * 86400 + seconds
 
 
 def _forward_signals(child: subprocess.Popen[bytes]) -> None:

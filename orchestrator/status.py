@@ -66,9 +66,14 @@ def refresh(run_dirs: list[Path], schedulers: dict[str, Scheduler] | None = None
 
 
 def _group_key(view: RunView) -> str:
-    if view.state.scheduler != "slurm":
-        return view.state.scheduler
-    return "slurm:" + _cluster_of(view.run_dir).accounting
+    return group_key(view.state, view.run_dir)
+
+
+def group_key(state: RunState, run_dir: Path) -> str:
+    """Runs whose jobs one scheduler instance can query together."""
+    if state.scheduler != "slurm":
+        return state.scheduler
+    return "slurm:" + _cluster_of(run_dir).accounting
 
 
 def _apply(view: RunView, found: dict[str, JobInfo] | None) -> None:

@@ -41,6 +41,8 @@ class Scheduler(Protocol):
     2. query() makes at most one batched call per backend for all ids; an id the scheduler knows nothing about is
        absent from the result (never guessed); a failed query raises SchedulerError (status shows UNKNOWN).
     3. cancel() is idempotent: cancelling a finished or unknown job is not an error.
+    5. find_tagged() finds jobs by the run/stage tag alone, so a submission killed between sbatch and the
+       state write never leads to a second job for the same stage.
     4. A job whose dependency fails is cancelled by the scheduler, never left pending forever.
     """
 
@@ -53,6 +55,10 @@ class Scheduler(Protocol):
     def query(self, job_ids: Sequence[str]) -> dict[str, JobInfo]: ...
 
     def cancel(self, job_ids: Sequence[str]) -> None: ...
+
+    def find_tagged(self, run_dir: Path, run_id: str, stages: Sequence[str]) -> dict[str, list[str]]:
+        """Job ids the scheduler holds for each stage of this run, found by tag (after a crash), oldest first."""
+        ...
 
 
 def for_cluster(cluster: ClusterProfile, run_dir: Path) -> Scheduler:

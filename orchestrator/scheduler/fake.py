@@ -48,6 +48,13 @@ class FakeScheduler:
             if job_id in self.jobs and not self.jobs[job_id].state.terminal:
                 self.jobs[job_id] = JobInfo(JobState.CANCELLED)
 
+    def find_tagged(self, run_dir: object, run_id: str, stages: Sequence[str]) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        for job_id, request in self.requests.items():
+            if request.run_id == run_id and request.stage in stages:
+                found.setdefault(request.stage, []).append(job_id)
+        return found
+
     def finish(self, job_id: str, state: JobState, exit_code: int = 0) -> None:
         """Test helper: move a job to a final state, cancelling dependents like --kill-on-invalid-dep."""
         self.jobs[job_id] = JobInfo(state, exit_code=exit_code, nodes="node1")

@@ -111,6 +111,13 @@ class LocalScheduler:
                         job.update(state="CANCELLED", reason="cancelled by user", end=statelib.now_iso())
                     jobs.write(number, job)
 
+    def find_tagged(self, run_dir: Path, run_id: str, stages: Sequence[str]) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        for number, job in LocalJobs(run_dir).all():
+            if job["stage"] in stages:
+                found.setdefault(job["stage"], []).append(_job_id(run_dir, number))
+        return found
+
     def query(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
         self.query_calls += 1
         found: dict[str, JobInfo] = {}

@@ -74,9 +74,11 @@ def _run(jobs: LocalJobs, run_dir: Path, number: str) -> None:
         _update(jobs, number, pgid=child.pid, pid=child.pid)
         rc = child.wait()
         current = jobs.read(number) or {}
-        if rc == 0 or current.get("cancel_requested") or attempts >= int(job.get("retries", 0)):
+        # Retry only a stage that was killed (rc < 0: OOM killer, a lost machine), like Slurm requeues
+        # NODE_FAIL/PREEMPTED; a program that exits non-zero would fail the same way again.
+        if rc >= 0 or current.get("cancel_requested") or attempts >= int(job.get("retries", 0)):
             break
-        attempts += 1  # a requeue: same job id, next restart count, like Slurm's --requeue
+        attempts += 1  # a requeue: same job id, next restart count
     final: dict[str, Any] = {"end": statelib.now_iso(), "exit_code": rc if rc >= 0 else 128 - rc, "restarts": attempts}
     if current.get("cancel_requested"):
         final.update(state="CANCELLED", reason="cancelled by user")

@@ -88,13 +88,37 @@ class SlurmScheduler:
         return params
 
     def release(self, job_ids: Sequence[str]) -> None:
-        if job_ids:
-            proc.run(["scontrol", "release", ",".join(job_ids)], timeout=QUERY_TIMEOUT_S)
+        if not job_ids:
+            return
+        out = proc.run(["scontrol", "release", ",".join(job_ids)], timeout=QUERY_TIMEOUT_S, check=False)
+        # Releasing a job that is not held (or already ended) is what we want anyway; anything else is not.
+        harmless = ("not held", "already completed", "invalid job id", "job has already finished")
+        problems = [l for l in out.stderr.splitlines() if l.strip() and not any(h in l.lower() for h in harmless)]
+        if out.returncode != 0 and problems:
+            raise SchedulerError(f"scontrol release failed: {'; '.join(problems)}",
+                                 "the jobs stay held; `pipeline submit --resume RUN` retries the release")
 
     def cancel(self, job_ids: Sequence[str]) -> None:
         if job_ids:
             # scancel of an already-finished job prints an error but is harmless: idempotent by contract.
             proc.run(["scancel", *job_ids], check=False, timeout=QUERY_TIMEOUT_S)
+
+    def find_tagged(self, run_dir: Path, run_id: str, stages: Sequence[str]) -> dict[str, list[str]]:
+        names = {job_name(run_id, s): s for s in stages}
+        if not names:
+            return {}
+        found: dict[str, set[str]] = {}
+        out = proc.run(["squeue", "-h", "--states=all", "-o", "%i|%j", "--name", ",".join(names)],
+                       timeout=QUERY_TIMEOUT_S).stdout
+        if self.cluster.accounting != "off":
+            acct = proc.run(["sacct", "-X", "-n", "-P", "-o", "JobIDRaw,JobName", "-S", "now-7days",
+                             "--name", ",".join(names)], timeout=QUERY_TIMEOUT_S, check=False)
+            out += acct.stdout if acct.returncode == 0 else ""
+        for line in out.splitlines():
+            job_id, _, name = line.partition("|")
+            if name in names and job_id.isdigit():
+                found.setdefault(names[name], set()).add(job_id)
+        return {stage: sorted(ids, key=int) for stage, ids in found.items()}
 
     def query(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
         """One sacct call for every id; squeue when the cluster has no accounting (torchx PR #1070)."""

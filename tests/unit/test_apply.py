@@ -113,3 +113,21 @@ def test_cancel_stage_and_downstream(run):
     ids = apply.cancel(store, built, fake, stage="b")
     stage_of = {j: r.stage for j, r in fake.requests.items()}
     assert sorted(stage_of[i] for i in ids) == ["b", "c"]
+
+
+def test_resume_adopts_orphans_and_submits_nothing_twice(run):
+    store, built, fake = run
+    # A submit killed right after sbatch accepted stage a: the job exists, the state file does not know it.
+    from orchestrator.scheduler import SubmitRequest
+
+    orphan = fake.submit(SubmitRequest(run_dir=store.paths.root, run_id=store.read().run_id, stage="a",
+                                       resources=built.stage("a").resources, hold=True))
+    apply.resume(store, built, fake)
+    state = store.read()
+    assert state.stages["a"].current.job_id == orphan
+    per_stage = {}
+    for request in fake.requests.values():
+        per_stage[request.stage] = per_stage.get(request.stage, 0) + 1
+    assert per_stage == {"a": 1, "b": 1, "c": 1, "d": 1} and not fake.held
+    apply.resume(store, built, fake)  # idempotent
+    assert len(fake.requests) == 4
