@@ -83,6 +83,9 @@ def _run_script(paths: RunPaths, plan: dict[str, Any], stage: str, job_id: str, 
     env.update(values)
     env.update(PIPELINE_RUN_DIR=str(paths.root), PIPELINE_STAGE=stage, PIPELINE_JOB_ID=job_id,
                PIPELINE_STAGES_PATH=STAGES_PATH, PYTHONUNBUFFERED="1")
+    # Without `venv:`, `python`/`torchrun` in a stage are those of pipeline's own environment; a stage's
+    # `source <venv>/bin/activate` still puts its own env first.
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     child = subprocess.Popen(["bash", str(paths.script(stage))], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              env=env, cwd=str(paths.root), start_new_session=True)
     _forward_signals(child)

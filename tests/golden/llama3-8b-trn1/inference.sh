@@ -13,10 +13,13 @@ source /fsx/ubuntu/peft_ft/env_llama3_8B_peft/bin/activate
 export PYTHONPATH="${PIPELINE_STAGES_PATH:-}${PYTHONPATH:+:$PYTHONPATH}"
 # Local copies only, no Hub re-download (defect 16); base vs fine-tuned into a JSON report.
 mkdir -p "$WORKDIR/reports"
+cat > "$WORKDIR/reports/prompts.json" <<'PIPELINE_PROMPTS_EOF'
+["Who are you?"]
+PIPELINE_PROMPTS_EOF
 python -m stages inference \
   --base "$WORKDIR/model_artifacts/"Meta-Llama-3-8B-Instruct \
   --model "$WORKDIR/final_model_output" \
+  --prompts "$WORKDIR/reports/prompts.json" \
   --system-prompt 'You are a pirate chatbot who always responds in pirate speak!' \
-  --prompt 'Who are you?' \
   --max-new-tokens 256 --temperature 0.6 --top-p 0.9 \
   --report "$WORKDIR/reports/inference.json"
