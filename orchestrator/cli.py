@@ -115,7 +115,7 @@ def _table(view: status.RunView) -> str:
         note = cur.reason or ""
         if stage.state is JobState.PENDING and not note:
             note = "waiting"
-        if stage.state.terminal and not stage.state.ok:
+        if stage.state.terminal and not stage.state.ok and stage.state is not JobState.CANCELLED:
             note = (note + f"; see: pipeline logs {st.run_id} {name}").lstrip("; ")
         if len(stage.attempts) > 1:
             note = f"attempt {len(stage.attempts)}; {note}".rstrip("; ")
