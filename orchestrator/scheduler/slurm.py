@@ -21,7 +21,8 @@ from orchestrator.secrets import scrubbed_env
 from orchestrator.spec import ClusterProfile
 from orchestrator.states import JobState, from_slurm
 
-SACCT_FIELDS = "JobIDRaw,State,ExitCode,NodeList,Start,End,Reason,Restarts"
+# Restarts is not a sacct field on 22.05; the restart count comes from the job-written records.
+SACCT_FIELDS = "JobIDRaw,State,ExitCode,NodeList,Start,End,Reason"
 SQUEUE_FORMAT = "%i|%T|%r|%N|%S"
 QUERY_TIMEOUT_S = 30.0
 
@@ -167,16 +168,15 @@ def parse_sacct(text: str) -> dict[str, JobInfo]:
     result: dict[str, JobInfo] = {}
     for line in text.splitlines():
         parts = line.split("|")
-        if len(parts) < 8 or not parts[0]:
+        if len(parts) < 7 or not parts[0]:
             continue
-        job_id, state, exit_code, nodes, start, end, reason, restarts = parts[:8]
+        job_id, state, exit_code, nodes, start, end, reason = parts[:7]
         code, _, sig = exit_code.partition(":")
         result[job_id] = JobInfo(
             state=from_slurm(state),
             exit_code=_exit(code, sig),
             nodes=None if nodes in ("", "None assigned") else nodes,
             start=_time(start), end=_time(end), reason=None if reason in ("", "None") else reason,
-            restarts=int(restarts) if restarts.isdigit() else 0,
         )
     return result
 

@@ -129,9 +129,15 @@ def test_one_batched_query_for_many_runs(slurm_cluster, write_spec):
                                                '  - {name: b, kind: command, run: "true"}\n', f"batch{i}"),
                                          f"b{i}.yaml")))
         runs.append(latest_run())
+    ids = [s.current.job_id for r in runs for s in state.Store(r).read().stages.values()]
+    deadline = time.monotonic() + 30
+    while len(subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobIDRaw", "-j", ",".join(ids)],
+                             capture_output=True, text=True).stdout.split()) < len(ids):
+        assert time.monotonic() < deadline, "slurmdbd never learned of the jobs"
+        time.sleep(0.5)
     scheduler = SlurmScheduler(None, ClusterProfile(name="dev"))
     views = status.refresh(runs, {"slurm:auto": scheduler})
-    assert scheduler.query_calls == 1
+    assert scheduler.query_calls == 1  # one sacct for the 6 jobs of 3 runs
     assert all(v.state.stages["a"].state in (S.PENDING, S.RUNNING) for v in views)
     for run_dir in runs:
         run_cli("cancel", run_dir.name)

@@ -34,14 +34,14 @@ def test_unknown_is_never_success():
 
 
 def test_parse_sacct_rows():
-    text = ("101|COMPLETED|0:0|dev1|2026-11-22T10:00:00|2026-11-22T10:00:05|None|0\n"
-            "102|CANCELLED by 0|0:0|None assigned|Unknown|2026-11-22T10:00:06|Dependency|0\n"
-            "103|FAILED|3:0|dev[1-2]|2026-11-22T10:00:00|2026-11-22T10:00:02|NonZeroExitCode|1\n"
-            "104|OUT_OF_MEMORY|0:125|dev2|2026-11-22T10:00:00|2026-11-22T10:00:02|None|0\n")
+    text = ("101|COMPLETED|0:0|dev1|2026-11-22T10:00:00|2026-11-22T10:00:05|None\n"
+            "102|CANCELLED by 0|0:0|None assigned|Unknown|2026-11-22T10:00:06|Dependency\n"
+            "103|FAILED|3:0|dev[1-2]|2026-11-22T10:00:00|2026-11-22T10:00:02|NonZeroExitCode\n"
+            "104|OUT_OF_MEMORY|0:125|dev2|2026-11-22T10:00:00|2026-11-22T10:00:02|None\n")
     rows = parse_sacct(text)
     assert rows["101"].state is JobState.COMPLETED and rows["101"].exit_code == 0 and rows["101"].nodes == "dev1"
     assert rows["102"].state is JobState.CANCELLED and rows["102"].nodes is None and rows["102"].start is None
-    assert rows["103"].exit_code == 3 and rows["103"].restarts == 1
+    assert rows["103"].exit_code == 3
     assert rows["104"].exit_code == 128 + 125
 
 

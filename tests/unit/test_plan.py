@@ -59,7 +59,7 @@ def test_hostile_values_are_quoted(write_spec, tmp_path):
         name: p
         family: neuron
         venv: "/tmp/v; touch {marker}"
-        workdir: "/tmp/w $(touch {marker})"
+        workdir: "{tmp_path}/w $(touch {marker})"
         settings:
           model_id: "x/`touch {marker}`"
           system_prompt: "it's \\"quoted\\" $(touch {marker})\\nnewline"
