@@ -209,9 +209,8 @@ def _is_up(workdir: Path) -> bool:
 
 def _alive(pidfile: Path) -> bool:
     try:
-        os.kill(int(pidfile.read_text().strip()), 0)
-        return True
-    except (ValueError, ProcessLookupError, FileNotFoundError):
+        return not _gone(int(pidfile.read_text().strip()))
+    except (ValueError, FileNotFoundError):
         return False
 
 
@@ -277,11 +276,23 @@ def _stop(pidfile: Path) -> None:
             return
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
+            if _gone(pid):
                 return
             time.sleep(0.1)
+
+
+def _gone(pid: int) -> bool:
+    """True once pid has exited; reaps it when it is our child (a zombie still answers kill(pid, 0))."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == pid
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
 
 
 def status(workdir: Path) -> str:
