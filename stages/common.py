@@ -1,0 +1,85 @@
+"""What every stage program shares: one error type, the exit path, checkpoint discovery, manifests."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+class StageError(Exception):
+    """A clear failure: printed as one line (plus a hint) and the program exits non-zero, so afterok holds."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+def entry(func: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
+    """Wrap a main(): StageError -> 'error: ...' on stderr and exit code 2 (never a false success)."""
+
+    @functools.wraps(func)
+    def wrapper(argv: list[str] | None = None) -> int:
+        try:
+            return func(argv)
+        except StageError as exc:
+            print(f"error: {exc}" + (f"\n  hint: {exc.hint}" if exc.hint else ""), file=sys.stderr, flush=True)
+            return 2
+
+    return wrapper
+
+
+def log(message: str) -> None:
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(message, flush=True)
+
+
+def newest_checkpoint(directory: Path) -> Path | None:
+    """The newest checkpoint-<N> whose `done` marker exists (written last), never a hard-coded step."""
+    best: tuple[int, Path] | None = None
+    if not directory.is_dir():
+        return None
+    for path in directory.iterdir():
+        match = re.fullmatch(r"checkpoint-(\d+)", path.name)
+        if match and (path / "done").exists():
+            step = int(match.group(1))
+            if best is None or step > best[0]:
+                best = (step, path)
+    return best[1] if best else None
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_manifest(directory: Path) -> dict[str, Any]:
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != "manifest.json")
+    manifest = {"files": [{"path": str(p.relative_to(directory)), "size": p.stat().st_size, "sha256": sha256(p)}
+                          for p in files]}
+    write_json(directory / "manifest.json", manifest)
+    return manifest
+
+
+def require_model_dir(path: Path) -> None:
+    if not (path / "config.json").is_file():
+        raise StageError(f"{path}: no config.json, so this is not a model directory",
+                         "did the download stage finish? `pipeline status` shows it")
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        raise StageError(f"{path}: config.json but no weights (*.safetensors)")

@@ -1,0 +1,142 @@
+"""Datasets: Dolly (instruction/context/response) and chat-messages JSONL, validated row by row, formatted
+with real newlines (stages.md defect 19), split deterministically, tokenized with packing or padding."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from stages.common import StageError, entry, log, write_json
+
+DOLLY_FIELDS = ("instruction", "response")
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt: str  # what the model is given
+    answer: str  # what it should produce
+
+    @property
+    def text(self) -> str:
+        return self.prompt + self.answer
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise StageError(f"{path}: no such data file")
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise StageError(f"{path}:{number}: malformed JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise StageError(f"{path}:{number}: a row must be a JSON object")
+            rows.append((number, row))
+    if not rows:
+        raise StageError(f"{path}: the file is empty", "a dataset needs at least one row")
+    return [_checked(path, n, r) for n, r in rows]
+
+
+def _checked(path: Path, number: int, row: dict[str, Any]) -> dict[str, Any]:
+    row["_line"] = number
+    return row
+
+
+def validate(path: Path, rows: list[dict[str, Any]], fmt: str) -> None:
+    for row in rows:
+        where = f"{path}:{row['_line']}"
+        if fmt == "dolly":
+            for field in DOLLY_FIELDS:
+                if field not in row:
+                    raise StageError(f"{where}: missing column {field!r}")
+            for field in ("instruction", "context", "response"):
+                if field in row and row[field] is not None and not isinstance(row[field], str):
+                    raise StageError(f"{where}: column {field!r} must be a string, not {type(row[field]).__name__}")
+        else:
+            messages = row.get("messages")
+            if not isinstance(messages, list) or not messages:
+                raise StageError(f"{where}: missing column 'messages' (a non-empty list)")
+            for message in messages:
+                if not isinstance(message, dict) or not isinstance(message.get("content"), str) \
+                        or message.get("role") not in ("system", "user", "assistant"):
+                    raise StageError(f"{where}: each message needs role system|user|assistant and string content")
+            if messages[-1]["role"] != "assistant":
+                raise StageError(f"{where}: the last message must be the assistant's answer")
+
+
+def dolly_prompt(instruction: str, context: str | None = None) -> str:
+    parts = [f"### Instruction:\n{instruction}"]
+    if context:
+        parts.append(f"### Context:\n{context}")
+    parts.append("### Answer:\n")
+    return "\n\n".join(parts)
+
+
+def to_examples(rows: list[dict[str, Any]], fmt: str, tokenizer: Any) -> list[Example]:
+    eos = tokenizer.eos_token or ""
+    if fmt == "dolly":
+        return [Example(dolly_prompt(r["instruction"], r.get("context")), r["response"] + eos) for r in rows]
+    examples = []
+    for row in rows:
+        messages = row["messages"]
+        prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+        examples.append(Example(prompt, messages[-1]["content"] + eos))
+    return examples
+
+
+def split(examples: list[Example], eval_fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    n_eval = max(1, int(round(len(examples) * eval_fraction))) if len(examples) > 1 else 0
+    eval_idx = set(order[:n_eval])
+    train = [e for i, e in enumerate(examples) if i not in eval_idx]
+    return train, [e for i, e in enumerate(examples) if i in eval_idx]
+
+
+def load(path: Path, fmt: str, tokenizer: Any, eval_fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+    rows = read_jsonl(path)
+    validate(path, rows, fmt)
+    train, held_out = split(to_examples(rows, fmt, tokenizer), eval_fraction, seed)
+    if not train:
+        raise StageError(f"{path}: no training rows left after holding out {eval_fraction:.0%} for evaluation")
+    log("sample:\n" + train[0].text)
+    return train, held_out
+
+
+def pack(examples: list[Example], tokenizer: Any, seq_len: int) -> list[list[int]]:
+    """Concatenate all token ids and cut them into seq_len chunks (the real packed length: defect 19)."""
+    stream: list[int] = []
+    for example in examples:
+        stream.extend(tokenizer(example.text, add_special_tokens=False)["input_ids"])
+    chunks = [stream[i:i + seq_len] for i in range(0, len(stream) - seq_len + 1, seq_len)]
+    if not chunks and stream:
+        chunks = [stream]
+    return chunks
+
+
+def pad(examples: list[Example], tokenizer: Any, seq_len: int) -> list[list[int]]:
+    return [tokenizer(e.text, add_special_tokens=False)["input_ids"][:seq_len] for e in examples]
+
+
+@entry
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stages prepare-data", description="validate and summarise")
+    parser.add_argument("--data", required=True, type=Path)
+    parser.add_argument("--format", choices=["dolly", "chat"], default="dolly")
+    parser.add_argument("--report", type=Path)
+    args = parser.parse_args(argv)
+    rows = read_jsonl(args.data)
+    validate(args.data, rows, args.format)
+    summary = {"rows": len(rows), "format": args.format, "file": str(args.data)}
+    print(json.dumps(summary))
+    if args.report:
+        write_json(args.report, summary)
+    return 0

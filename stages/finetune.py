@@ -1,0 +1,292 @@
+"""finetune (Hugging Face family): LoRA / QLoRA / full fine-tuning with transformers + peft, one process per
+device under torchrun (DDP; gloo on CPU, nccl on GPU).
+
+Checkpoints go to <output>/checkpoint-<step>/ with a `done` marker written last; a restarted (requeued) job
+resumes from the newest complete one and continues the step count. SIGTERM/SIGUSR2 (Slurm's warning before a
+time limit or preemption) save a checkpoint at the next step boundary and exit 75.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from stages import data as datalib
+from stages.common import StageError, entry, log, newest_checkpoint, require_model_dir, write_json
+
+INTERRUPTED_RC = 75
+_stop_requested = False
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m stages finetune")
+    p.add_argument("--model", required=True, type=Path)
+    p.add_argument("--data", required=True, type=Path)
+    p.add_argument("--format", choices=["dolly", "chat"], default="dolly")
+    p.add_argument("--output", required=True, type=Path)
+    p.add_argument("--method", choices=["lora", "qlora", "full"], default="lora")
+    p.add_argument("--lora-r", type=int, default=8)
+    p.add_argument("--lora-alpha", type=int, default=16)
+    p.add_argument("--lora-dropout", type=float, default=0.05)
+    p.add_argument("--target-modules", default="q_proj,v_proj")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--max-steps", type=int, default=-1)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--packing", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--save-steps", type=int, default=100)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--eval-fraction", type=float, default=0.1)
+    p.add_argument("--warmup-steps", type=int, default=5)
+    p.add_argument("--fsdp", action="store_true", help="shard with FSDP (GPU only)")
+    return p.parse_args(argv)
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    global _stop_requested
+    _stop_requested = True
+    log(f"signal {signum}: saving a checkpoint at the next step boundary")
+
+
+class Dist:
+    """torchrun's environment, or a single process."""
+
+    def __init__(self) -> None:
+        import torch
+        import torch.distributed as dist
+
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.cuda = torch.cuda.is_available()
+        self.device = torch.device(f"cuda:{self.local_rank}" if self.cuda else "cpu")
+        if self.world > 1:
+            dist.init_process_group("nccl" if self.cuda else "gloo")
+
+    def barrier(self) -> None:
+        import torch.distributed as dist
+
+        if self.world > 1:
+            dist.barrier()
+
+    def mean(self, value: float) -> float:
+        import torch
+        import torch.distributed as dist
+
+        if self.world == 1:
+            return value
+        tensor = torch.tensor([value], device=self.device)
+        dist.all_reduce(tensor)
+        return float(tensor.item()) / self.world
+
+
+def load_model(args: argparse.Namespace, dist: Dist) -> tuple[Any, Any]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    require_model_dir(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if args.method == "qlora":
+        if not dist.cuda:
+            raise StageError("QLoRA needs a CUDA GPU (bitsandbytes 4-bit); this node has none",
+                             "use method: lora on CPU, or run this stage on a GPU partition")
+        try:
+            from transformers import BitsAndBytesConfig
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise StageError("QLoRA needs bitsandbytes", "pip install bitsandbytes in the stage's env") from None
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                           bnb_4bit_compute_dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(args.model, **kwargs)
+    if args.method in ("lora", "qlora"):
+        from peft import LoraConfig, get_peft_model
+
+        if args.method == "qlora":
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(model)
+        targets = [t for t in args.target_modules.split(",") if t]
+        model = get_peft_model(model, LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, task_type="CAUSAL_LM",
+                                                 lora_dropout=args.lora_dropout, target_modules=targets))
+    check_trainable(model, args.method)
+    return model.to(dist.device) if args.method != "qlora" else model, tokenizer
+
+
+def check_trainable(model: Any, method: str) -> tuple[int, int]:
+    """Log trainable vs total; LoRA that trains everything (or nothing) is an error (optimum-neuron#821)."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    log(f"trainable params: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
+    base_trainable = [n for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n]
+    if method != "full" and (trainable == 0 or base_trainable):
+        raise StageError(f"LoRA was not applied: {trainable:,} of {total:,} parameters are trainable"
+                         + (f", including base weights such as {base_trainable[0]}" if base_trainable else ""),
+                         "check --target-modules against the model's module names")
+    return trainable, total
+
+
+def micro_batches(n_items: int, batch: int, world: int, rank: int, seed: int, start: int, count: int) -> list[list[int]]:
+    """Micro-batches start..start+count-1 of a deterministic epoch-shuffled stream: the same on restart."""
+    per = batch * world
+    out = []
+    for k in range(start, start + count):
+        first = k * per + rank * batch
+        indices = []
+        for pos in range(first, first + batch):
+            epoch, offset = divmod(pos, n_items)
+            order = list(range(n_items))
+            random.Random(seed + epoch).shuffle(order)
+            indices.append(order[offset])
+        out.append(indices)
+    return out
+
+
+def collate(chunks: list[list[int]], pad_id: int, device: Any) -> dict[str, Any]:
+    import torch
+
+    width = max(len(c) for c in chunks)
+    ids = torch.full((len(chunks), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(chunks), width), dtype=torch.long)
+    for i, chunk in enumerate(chunks):
+        ids[i, :len(chunk)] = torch.tensor(chunk)
+        mask[i, :len(chunk)] = 1
+    labels = ids.masked_fill(mask == 0, -100)
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+
+
+def trainable_state(model: Any) -> dict[str, Any]:
+    return {k: v.detach().cpu() for k, v in model.named_parameters() if v.requires_grad}
+
+
+def save_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any, step: int, args: argparse.Namespace,
+                    dist: Dist, tokenizer: Any) -> None:
+    import torch
+
+    dist.barrier()
+    if dist.rank == 0:
+        path.mkdir(parents=True, exist_ok=True)
+        inner = model.module if hasattr(model, "module") else model
+        torch.save(trainable_state(inner), path / "trainable.pt")
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "rng": torch.get_rng_state()}, path / "optimizer.pt")
+        if args.method != "full":
+            inner.save_pretrained(path / "adapter")  # PEFT layout: consolidate takes it from here
+        write_json(path / "train_state.json", {"step": step, "method": args.method})
+        (path / "done").write_text(str(step))  # last: a checkpoint without it is incomplete
+        log(f"checkpoint {path.name} saved")
+    dist.barrier()
+
+
+def resume(output: Path, model: Any, optimizer: Any, scheduler: Any) -> int:
+    import torch
+
+    ckpt = newest_checkpoint(output)
+    if ckpt is None:
+        return 0
+    state = torch.load(ckpt / "trainable.pt", map_location="cpu")
+    inner = model.module if hasattr(model, "module") else model
+    params = dict(inner.named_parameters())
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(value.to(params[name].device))
+    extra = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=False)
+    optimizer.load_state_dict(extra["optimizer"])
+    scheduler.load_state_dict(extra["scheduler"])
+    torch.set_rng_state(extra["rng"])
+    step = int(json.loads((ckpt / "train_state.json").read_text())["step"])
+    log(f"resuming from {ckpt.name} at step {step}")
+    return step
+
+
+def save_final(output: Path, model: Any, tokenizer: Any, step: int, args: argparse.Namespace) -> None:
+    final = output / "final"
+    inner = model.module if hasattr(model, "module") else model
+    inner.save_pretrained(final, safe_serialization=True)
+    tokenizer.save_pretrained(final)
+    write_json(final / "train_state.json", {"step": step, "method": args.method, "source_model": str(args.model)})
+    log(f"final {'adapter' if args.method != 'full' else 'model'} at step {step} -> {final}")
+
+
+def train(args: argparse.Namespace) -> int:
+    import torch
+
+    dist = Dist()
+    torch.manual_seed(args.seed)
+    model, tokenizer = load_model(args, dist)
+    train_set, _ = datalib.load(args.data, args.format, tokenizer, args.eval_fraction, args.seed)
+    chunks = (datalib.pack if args.packing else datalib.pad)(train_set, tokenizer, args.seq_len)
+    per_step = args.batch_size * dist.world * args.grad_accum
+    steps = args.max_steps if args.max_steps > 0 else args.epochs * math.ceil(len(chunks) / per_step)
+    log(f"{len(train_set)} examples -> {len(chunks)} sequences of <= {args.seq_len} tokens; {steps} steps "
+        f"of {per_step} sequences ({dist.world} process(es))")
+    if dist.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(model, device_ids=[dist.local_rank] if dist.cuda else None)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    warmup = min(args.warmup_steps, max(1, steps // 10))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * max(0.0, (steps - s) / max(1, steps - warmup)))
+    step = resume(args.output, model, optimizer, scheduler)
+    metrics = open(args.output / "metrics.jsonl", "a") if dist.rank == 0 else None
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGUSR2, _on_signal)
+    model.train()
+    while step < steps:
+        started, tokens, loss_sum = time.perf_counter(), 0, 0.0
+        for indices in micro_batches(len(chunks), args.batch_size, dist.world, dist.rank, args.seed,
+                                     step * args.grad_accum, args.grad_accum):
+            batch = collate([chunks[i] for i in indices], tokenizer.pad_token_id, dist.device)
+            loss = model(**batch).loss / args.grad_accum
+            loss.backward()
+            loss_sum += float(loss.item())
+            tokens += int(batch["attention_mask"].sum())
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        loss_mean = dist.mean(loss_sum)
+        rate = dist.world * tokens / (time.perf_counter() - started)
+        if metrics is not None:
+            metrics.write(json.dumps({"step": step, "loss": round(loss_mean, 5), "lr": scheduler.get_last_lr()[0],
+                                      "tokens_per_s": round(rate, 1)}) + "\n")
+            metrics.flush()
+        if step % 10 == 0 or step == 1:
+            log(f"step {step}/{steps} loss {loss_mean:.4f} tokens/s {rate:.0f}")
+        if step % args.save_steps == 0 or _stop_requested:
+            save_checkpoint(args.output / f"checkpoint-{step}", model, optimizer, scheduler, step, args, dist, tokenizer)
+        if _stop_requested:
+            return INTERRUPTED_RC
+    if dist.rank == 0:
+        save_final(args.output, model, tokenizer, step, args)
+    dist.barrier()
+    return 0
+
+
+@entry
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    if args.fsdp:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise StageError("--fsdp needs CUDA GPUs", "drop fsdp for CPU runs (DDP over gloo is used)")
+        raise StageError("FSDP is not implemented in this release", "use DDP (fsdp: false) or the torchtune family")
+    args.output.mkdir(parents=True, exist_ok=True)
+    return train(args)
