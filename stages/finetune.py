@@ -120,8 +120,12 @@ def load_model(args: argparse.Namespace, dist: Dist) -> tuple[Any, Any]:
 
             model = prepare_model_for_kbit_training(model)
         targets = [t for t in args.target_modules.split(",") if t]
-        model = get_peft_model(model, LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, task_type="CAUSAL_LM",
-                                                 lora_dropout=args.lora_dropout, target_modules=targets))
+        try:
+            model = get_peft_model(model, LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, task_type="CAUSAL_LM",
+                                                     lora_dropout=args.lora_dropout, target_modules=targets))
+        except ValueError as exc:
+            raise StageError(f"LoRA could not be applied: {exc}",
+                             "check --target-modules against the model's module names") from None
     check_trainable(model, args.method)
     return model.to(dist.device) if args.method != "qlora" else model, tokenizer
 
@@ -224,6 +228,7 @@ def save_final(output: Path, model: Any, tokenizer: Any, step: int, args: argpar
 def train(args: argparse.Namespace) -> int:
     import torch
 
+    datalib.validate(args.data, datalib.read_jsonl(args.data), args.format)  # bad rows fail before any loading
     dist = Dist()
     torch.manual_seed(args.seed)
     model, tokenizer = load_model(args, dist)

@@ -1,0 +1,27 @@
+"""The README's main job: examples/tiny-llama-local.yaml end to end on the local cluster (real CPU training)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from orchestrator import state
+from orchestrator.states import JobState
+from tests.conftest import REPO
+from tests.helpers import latest_run, run_cli, wait_terminal
+
+
+@pytest.mark.slow
+def test_tiny_llama_pipeline_end_to_end():
+    assert run_cli("submit", str(REPO / "examples" / "tiny-llama-local.yaml")) == 0
+    run_dir = latest_run()
+    states = wait_terminal(run_dir, timeout=600)
+    assert set(states.values()) == {JobState.COMPLETED}, states
+    work = run_dir / "work"
+    report = json.loads((work / "reports" / "evaluate.json").read_text())
+    assert report["passed"] and report["tuned"]["loss"] < 0.95 * report["base"]["loss"]
+    generations = json.loads((work / "reports" / "inference.json").read_text())["generations"]
+    assert [g["prompt"] for g in generations] == ["What is the capital of France?", "Reverse the word: cat"]
+    assert (work / "merged" / "model.safetensors").is_file()
+    assert state.Store(run_dir).read().stages["finetune"].current.exit_code == 0
