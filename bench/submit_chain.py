@@ -70,17 +70,22 @@ def makespan(job_ids: list[str]) -> float:
         time.sleep(1)
 
 
+def _count(text: str, types: tuple[str, ...]) -> int:
+    section = text.split("Remote Procedure Call statistics by message type", 1)[-1]
+    section = section.split("Remote Procedure Call statistics by user", 1)[0]
+    return sum(int(m.group(2)) for m in re.finditer(r"^\s*(\w+)\s*\(\s*\d+\)\s*count:\s*(\d+)", section, re.M)
+               if m.group(1) in types)
+
+
 def dbd_rpcs() -> int:
-    """Total RPCs slurmdbd has served (sum of the per-type counts in `sacctmgr show stats`)."""
-    text = sh(["sacctmgr", "show", "stats"])
-    return sum(int(m) for m in re.findall(r"count:\s*(\d+)", text))
+    """Job queries slurmdbd has served (DBD_GET_JOBS_COND: one per sacct call; the controller's own
+    background RPCs such as DBD_NODE_STATE are not ours and are left out)."""
+    return _count(sh(["sacctmgr", "show", "stats"]), ("DBD_GET_JOBS_COND",))
 
 
 def ctld_rpcs() -> int:
-    text = sh(["sdiag"])
-    section = text.split("Remote Procedure Call statistics by message type", 1)[-1]
-    section = section.split("Remote Procedure Call statistics by user", 1)[0]
-    return sum(int(m) for m in re.findall(r"count:\s*(\d+)", section))
+    """Job-information queries slurmctld has served (squeue, scontrol show job)."""
+    return _count(sh(["sdiag"]), ("REQUEST_JOB_INFO", "REQUEST_JOB_INFO_SINGLE", "REQUEST_JOB_USER_INFO"))
 
 
 def status_rpcs(spec: Path, runs: int) -> dict[str, int]:
@@ -97,9 +102,8 @@ def status_rpcs(spec: Path, runs: int) -> dict[str, int]:
         db0, ct0 = dbd_rpcs(), ctld_rpcs()
         sh(argv, cwd=REPO)
         db1, ct1 = dbd_rpcs(), ctld_rpcs()
-        # sacctmgr/sdiag themselves are RPCs: subtract the one each measurement adds.
-        result[f"{label}_slurmdbd_rpcs"] = db1 - db0 - 1
-        result[f"{label}_slurmctld_rpcs"] = ct1 - ct0 - 1
+        result[f"{label}_sacct_job_queries"] = db1 - db0
+        result[f"{label}_slurmctld_job_queries"] = ct1 - ct0
     return result
 
 
