@@ -101,7 +101,7 @@ def _apply(view: RunView, found: dict[str, JobInfo] | None) -> None:
 def _merge(attempt: Attempt, info: JobInfo | None, record: dict[str, Any] | None) -> Attempt:
     new = attempt.model_copy()
     if info is not None:
-        new.state, new.reason = info.state, info.reason
+        new.state, new.reason = info.state, _reason(info)
         new.exit_code = info.exit_code if info.exit_code is not None else new.exit_code
         new.nodes = info.nodes or new.nodes
         new.start, new.end = info.start or new.start, info.end or new.end
@@ -120,6 +120,17 @@ def _merge(attempt: Attempt, info: JobInfo | None, record: dict[str, Any] | None
     if record is not None:
         new.start, new.nodes = record.get("start") or new.start, record.get("nodes") or record.get("host")
     return new
+
+
+def _reason(info: JobInfo) -> str | None:
+    """Slurm keeps a job's last pending reason after it ends; show it only where it still explains something."""
+    if info.state.ok:
+        return None
+    if info.state is JobState.CANCELLED and info.reason in ("Dependency", "DependencyNeverSatisfied"):
+        return "a dependency failed (cancelled by --kill-on-invalid-dep)"
+    if info.state is JobState.PENDING and info.reason == "Dependency":
+        return "waiting for its dependencies"
+    return info.reason
 
 
 def latest_record(paths: RunPaths, stage: str, job_id: str) -> dict[str, Any] | None:
