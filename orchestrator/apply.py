@@ -118,8 +118,9 @@ def resume(store: Store, plan: Plan, scheduler: Scheduler) -> list[str]:
     state = store.read()
     missing = {n for n, s in state.stages.items() if s.state is JobState.NOT_SUBMITTED}
     new_ids = submit_stages(store, plan, scheduler, missing) if missing else []
-    active = [s.current.job_id for s in store.read().stages.values() if s.current and not s.state.terminal]
-    scheduler.release(active)  # jobs a killed submit left held
+    held = [s.current.job_id for s in store.read().stages.values()
+            if s.current and s.state is JobState.PENDING and s.current.job_id not in new_ids]
+    scheduler.release(held)  # jobs a killed submit left held (releasing a non-held pending job is harmless)
     return new_ids
 
 

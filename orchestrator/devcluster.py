@@ -243,6 +243,56 @@ def up(workdir: Path, nodes: int = 4, cpus_per_node: int = 2) -> DevCluster:
     return cluster
 
 
+def restart_controller(cluster: DevCluster) -> None:
+    """Stop slurmctld and start it again from its saved state (no -c): a controller restart drill."""
+    _stop(cluster.workdir / "run" / "slurmctld.pid")
+    env = _client_env(cluster.conf)
+    pid = _spawn(["slurmctld", "-D"], cluster.workdir / "log" / "slurmctld.out.log", env)
+    _record(cluster.workdir, "slurmctld", pid)
+    _wait_for("slurmctld", lambda: _ok(["scontrol", "ping"], env), cluster.workdir)
+
+
+def kill_node(cluster: DevCluster, node: str) -> None:
+    """Node loss: SIGKILL the node's slurmd, its job processes and their slurmstepd, as if the machine vanished."""
+    pid = int((cluster.workdir / "run" / f"slurmd-{node}.pid").read_text())
+    victims = {pid}
+    for proc_dir in Path("/proc").iterdir():
+        if proc_dir.name.isdigit() and _env_value(proc_dir, b"SLURMD_NODENAME") == node:
+            victims.add(int(proc_dir.name))
+            parent = _parent(proc_dir)
+            if parent and (Path("/proc") / str(parent) / "cmdline").read_bytes().startswith(b"slurmstepd"):
+                victims.add(parent)
+    for target in victims:
+        try:
+            os.kill(target, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    _gone(pid)
+
+
+def _env_value(proc_dir: Path, key: bytes) -> str | None:
+    try:
+        for item in (proc_dir / "environ").read_bytes().split(b"\0"):
+            if item.startswith(key + b"="):
+                return item.split(b"=", 1)[1].decode(errors="replace")
+    except OSError:
+        pass
+    return None
+
+
+def _parent(proc_dir: Path) -> int | None:
+    try:
+        return int((proc_dir / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def start_node(cluster: DevCluster, node: str) -> None:
+    env = _client_env(cluster.conf)
+    pid = _spawn(["slurmd", "-D", "-N", node], cluster.workdir / "log" / f"slurmd-{node}.out.log", env)
+    _record(cluster.workdir, f"slurmd-{node}", pid)
+
+
 def _all_idle(env: dict[str, str], count: int) -> bool:
     out = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], capture_output=True, text=True, env=env, timeout=15)
     states = [line.split()[1] for line in out.stdout.splitlines() if line.strip()]

@@ -130,6 +130,8 @@ def _reason(info: JobInfo) -> str | None:
         return "a dependency failed (cancelled by --kill-on-invalid-dep)"
     if info.state is JobState.PENDING and info.reason == "Dependency":
         return "waiting for its dependencies"
+    if info.state is JobState.PENDING and info.reason == "BeginTime":
+        return "requeued (node failure or preemption); Slurm holds it briefly before it runs again"
     return info.reason
 
 

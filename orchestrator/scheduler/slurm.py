@@ -25,6 +25,7 @@ from orchestrator.states import JobState, from_slurm
 SACCT_FIELDS = "JobIDRaw,State,ExitCode,NodeList,Start,End,Reason"
 SQUEUE_FORMAT = "%i|%T|%r|%N|%S"
 QUERY_TIMEOUT_S = 30.0
+REQUEUABLE = frozenset({JobState.NODE_FAIL, JobState.PREEMPTED})
 
 
 def job_name(run_id: str, stage: str) -> str:
@@ -93,7 +94,8 @@ class SlurmScheduler:
             return
         out = proc.run(["scontrol", "release", ",".join(job_ids)], timeout=QUERY_TIMEOUT_S, check=False)
         # Releasing a job that is not held (or already ended) is what we want anyway; anything else is not.
-        harmless = ("not held", "already completed", "invalid job id", "job has already finished")
+        harmless = ("not held", "already completed", "invalid job id", "job has already finished",
+                    "error: no error")  # 22.05 prints "slurm_suspend error: No error" for a running job
         problems = [l for l in out.stderr.splitlines() if l.strip() and not any(h in l.lower() for h in harmless)]
         if out.returncode != 0 and problems:
             raise SchedulerError(f"scontrol release failed: {'; '.join(problems)}",
@@ -128,9 +130,14 @@ class SlurmScheduler:
         if self.cluster.accounting != "off":
             found = self._sacct(job_ids)
             if found is not None:
-                # slurmdbd learns of a job a moment after slurmctld: ask the controller about those only.
-                missing = [j for j in job_ids if j not in found]
-                return {**self._squeue(missing), **found} if missing else found
+                # Ask the controller about jobs slurmdbd does not know yet (it learns of them a moment later)
+                # and about NODE_FAIL/PREEMPTED ones: with --requeue such a job is back in the queue, pending
+                # with a BeginTime, while accounting still shows the failed run.
+                recheck = [j for j in job_ids if j not in found or found[j].state in REQUEUABLE]
+                if not recheck:
+                    return found
+                live = self._squeue(recheck)
+                return {**found, **{j: info for j, info in live.items() if not info.state.terminal or j not in found}}
             if self.cluster.accounting == "on":
                 raise SchedulerError("sacct failed although the cluster profile says accounting: on",
                                      "check slurmdbd, or set accounting: auto")

@@ -1,0 +1,522 @@
+"""Run pipeline commands on a head node over SSH (fabric), as if they ran here.
+
+`forward(target, argv, uploads)` opens ONE SSH connection (fabric, so ~/.ssh/config, keys and the agent are
+honoured), checks that the head node's `pipeline --version` is ours, uploads the spec and the local files it
+references into a fresh `<upload_dir>/<timestamp>-<random>/` (staged in a hidden `.…partial` folder and renamed
+only when every file arrived, so nothing half-uploaded is ever used), rewrites the argv paths that name
+uploaded files to their remote copies, runs the remote `pipeline` with that argv quoted by `shlex.join`, streams
+its stdout/stderr here and returns its exit code.
+
+The remote command always gets `PIPELINE_FORWARDED=1` in its environment (`FORWARDED_ENV`): the CLI must not
+forward again when it sees it (the uploaded spec still names a cluster profile with `remote:`).
+
+Host keys: fabric itself accepts any host key. Here the known_hosts file of the ssh config
+(`UserKnownHostsFile`, default ~/.ssh/known_hosts) is read (never written): a key that differs from the
+recorded one is refused; an unknown host is accepted unless the ssh config says `StrictHostKeyChecking yes`.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import posixpath
+import re
+import secrets
+import shlex
+import shutil
+import socket
+import stat
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from orchestrator import __version__
+from orchestrator.errors import PipelineError
+from orchestrator.spec import Remote
+
+FORWARDED_ENV = "PIPELINE_FORWARDED"
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_INSTALL_HINT = f"pip install 'pipeline[remote]=={__version__}'"
+
+
+class RemoteError(PipelineError):
+    """A forwarded command could not be started on the head node (nothing ran there)."""
+
+
+class UnreachableError(RemoteError):
+    """DNS failure, connection refused, timeout, or a ProxyCommand that could not connect."""
+
+
+class AuthError(RemoteError):
+    """The head node refused our keys."""
+
+
+class HostKeyError(RemoteError):
+    """The head node's host key differs from known_hosts, or is unknown under StrictHostKeyChecking yes."""
+
+
+class RemoteCommandError(RemoteError):
+    """`pipeline` is missing on the head node, or is another version."""
+
+
+class UploadError(RemoteError):
+    """A local file is missing or an upload failed; nothing was run remotely."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where forwarded commands run.
+
+    host: ssh host name or ~/.ssh/config alias. pipeline: the executable there (a bare name is looked up on the
+    remote PATH; `~/...` and relative paths with a `/` are relative to the remote home). upload_dir: where
+    submissions are uploaded (`~/...` or relative: the remote home). env: extra environment of the remote command
+    (e.g. PIPELINE_HOME, SLURM_CONF), passed as `env KEY=VALUE ...`. ssh_config: read this ssh config file
+    instead of ~/.ssh/config and /etc/ssh/ssh_config. proxy_command: an OpenSSH ProxyCommand (%h %p %r %%).
+    """
+
+    host: str
+    user: str | None = None
+    port: int | None = None
+    identity_file: str | None = None
+    proxy_command: str | None = None
+    pipeline: str = "pipeline"
+    upload_dir: str = "~/.pipeline/uploads"
+    env: Mapping[str, str] = field(default_factory=dict, hash=False)
+    ssh_config: str | None = None
+    connect_timeout: float = 15.0
+
+    def __post_init__(self) -> None:
+        if not self.host or any(c.isspace() for c in self.host):
+            raise RemoteError(f"invalid remote host {self.host!r}", "give a host name or ~/.ssh/config alias")
+        for key in self.env:
+            if not _ENV_NAME_RE.match(key):
+                raise RemoteError(f"invalid environment variable name {key!r} for the remote command")
+
+    @classmethod
+    def from_remote(cls, remote: Remote, proxy_command: str | None = None) -> Target:
+        """A cluster profile's `remote:` with `host:` (HyperPod profiles: use `resolve`)."""
+        if remote.host is None:
+            raise RemoteError("this remote names a HyperPod cluster, not a host",
+                              "use orchestrator.remote.resolve(remote), which finds the head node through SageMaker")
+        return cls(host=remote.host, user=remote.user, port=remote.port, identity_file=remote.identity_file,
+                   proxy_command=proxy_command, pipeline=remote.pipeline, upload_dir=remote.upload_dir)
+
+    @classmethod
+    def parse(cls, text: str) -> Target:
+        """`--host [user@]host[:port]` (an ssh config alias works too)."""
+        user, _, hostport = text.rpartition("@")
+        host, port = hostport, None
+        if hostport.count(":") == 1:
+            host, _, port_text = hostport.partition(":")
+            if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+                raise RemoteError(f"--host {text!r}: {port_text!r} is not a port number", "use [user@]host[:port]")
+            port = int(port_text)
+        return cls(host=host, user=user or None, port=port)
+
+    @property
+    def where(self) -> str:
+        """user@host:port as far as known (for messages)."""
+        return f"{self.user + '@' if self.user else ''}{self.host}{':' + str(self.port) if self.port else ''}"
+
+
+def resolve(remote: Remote) -> Target:
+    """The Target of a cluster profile's `remote:`: its host, or its HyperPod head node found via SageMaker."""
+    if remote.hyperpod is not None:
+        from orchestrator import hyperpod  # late: boto3 is only needed for HyperPod
+
+        return hyperpod.controller_target(remote.hyperpod, remote=remote)
+    return Target.from_remote(remote)
+
+
+# ---------------------------------------------------------------------------------------------------- spec files
+
+
+def referenced_files(spec_path: Path) -> list[Path]:
+    """The spec itself, then the local files it references, for upload. Deliberately simple:
+
+    - `settings.<key>` and `stages[].params.<key>` string values (and strings in lists) that are relative paths
+      of existing FILES inside the spec's folder (e.g. the hf family's `settings.data`);
+    - `cluster: NAME` -> `clusters/NAME.yaml` next to the spec or in `../clusters` (the first found, as
+      `spec.load` searches them).
+    Not uploaded: absolute paths (they name head-node paths), directories, paths leaving the spec's folder,
+    `secrets:` files (secrets never leave this machine), files named only inside `run:` bodies. A file that is
+    not valid YAML yields just the spec, so the remote `pipeline` reports the located error.
+    """
+    spec_path = Path(spec_path)
+    found: list[Path] = [spec_path]
+    try:
+        data = yaml.safe_load(spec_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return found
+    if not isinstance(data, dict):
+        return found
+    base = spec_path.resolve().parent
+    candidates: list[Any] = []
+    settings = data.get("settings")
+    if isinstance(settings, dict):
+        candidates.extend(settings.values())
+    for stage in data.get("stages") or []:
+        if isinstance(stage, dict) and isinstance(stage.get("params"), dict):
+            candidates.extend(stage["params"].values())
+    seen = {spec_path.resolve()}
+    for value in _strings(candidates):
+        path = _inside(base, value)
+        if path is not None and path not in seen:
+            seen.add(path)
+            found.append(path)
+    cluster = data.get("cluster")
+    if isinstance(cluster, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", cluster):
+        for directory in (base / "clusters", base.parent / "clusters"):
+            profile = directory / f"{cluster}.yaml"
+            if profile.is_file():
+                if profile.resolve() not in seen:
+                    found.append(profile.resolve())
+                break
+    return found
+
+
+def _strings(values: list[Any]) -> list[str]:
+    out: list[str] = []
+    for value in values:
+        if isinstance(value, str):
+            out.append(value)
+        elif isinstance(value, list):
+            out.extend(v for v in value if isinstance(v, str))
+    return out
+
+
+def _inside(base: Path, value: str) -> Path | None:
+    if not value or "\n" in value or len(value) > 4096 or "://" in value or value.startswith(("/", "~")):
+        return None
+    try:
+        path = (base / value).resolve()
+    except (OSError, RuntimeError, ValueError):
+        return None
+    if not path.is_relative_to(base) or not path.is_file():
+        return None
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------- forwarding
+
+
+def forward(target: Target, argv: list[str], uploads: list[Path] | None = None) -> int:
+    """Run `pipeline ARGV` on the target's head node and return its exit code; its output streams here.
+
+    uploads (the spec first) are copied to a fresh upload folder and argv paths naming them are rewritten; the
+    remote command runs in the remote copy of the spec's folder. Raises a RemoteError (nothing ran remotely)
+    when the head node cannot be reached or authenticated, its pipeline is missing or another version, or an
+    upload fails.
+    """
+    files = _check_uploads(uploads or [])
+    _check_proxy_program(target)
+    conn = _connect(target)
+    try:
+        home = _remote_home(conn, target)
+        _check_version(conn, target, home)
+        cwd: str | None = None
+        if files:
+            remote_paths = _upload(conn, target, home, files)
+            argv = _rewrite(argv, remote_paths)
+            cwd = posixpath.dirname(remote_paths[files[0]])
+        command = remote_command(target, argv, home, cwd)
+        try:
+            result = conn.run(command, hide=False, warn=True, pty=False, in_stream=False,
+                              out_stream=sys.stdout, err_stream=sys.stderr)
+        except (OSError, EOFError) as exc:
+            raise RemoteError(f"connection to {target.where} lost while `pipeline {argv[0] if argv else ''}` ran: "
+                              f"{_reason(exc)}", "it may have finished there: check with `pipeline status`") from None
+        except Exception as exc:  # paramiko.SSHException, invoke's ThreadException
+            if type(exc).__module__.split(".")[0] in ("paramiko", "invoke"):
+                raise RemoteError(f"connection to {target.where} failed while the command ran: {_reason(exc)}",
+                                  "it may have finished there: check with `pipeline status`") from None
+            raise
+        code = result.exited
+        return code if isinstance(code, int) and code >= 0 else 255
+    finally:
+        conn.close()
+
+
+def remote_command(target: Target, argv: list[str], home: str, cwd: str | None = None) -> str:
+    """The remote shell command line: `[cd DIR &&] env KEY=VALUE ... PIPELINE ARGV...`, every word quoted."""
+    env = {FORWARDED_ENV: "1", **target.env}
+    words = ["env", *(f"{key}={value}" for key, value in env.items()), _remote_exe(target.pipeline, home), *argv]
+    command = shlex.join(words)
+    return f"cd {shlex.quote(cwd)} && {command}" if cwd else command
+
+
+def _remote_exe(pipeline: str, home: str) -> str:
+    if pipeline.startswith("~") or ("/" in pipeline and not pipeline.startswith("/")):
+        return _remote_abs(pipeline, home)
+    return pipeline
+
+
+def _remote_abs(path: str, home: str) -> str:
+    if path == "~":
+        return home
+    if path.startswith("~/"):
+        return posixpath.join(home, path[2:])
+    if path.startswith("~"):
+        raise RemoteError(f"{path}: only ~/ (the connecting user's home) is supported on the remote side")
+    return posixpath.normpath(posixpath.join(home, path))
+
+
+def _check_uploads(uploads: list[Path]) -> list[Path]:
+    files: list[Path] = []
+    for path in uploads:
+        resolved = Path(path).resolve()
+        if not resolved.is_file():
+            raise UploadError(f"{path}: no such file, so nothing was uploaded or run",
+                              "check the path (files are uploaded relative to the spec's folder)")
+        if resolved not in files:
+            files.append(resolved)
+    return files
+
+
+def _check_proxy_program(target: Target) -> None:
+    if not target.proxy_command:
+        return
+    try:
+        program = shlex.split(target.proxy_command)[0]
+    except (ValueError, IndexError):
+        raise RemoteError(f"invalid ProxyCommand {target.proxy_command!r}") from None
+    if shutil.which(program) is None:
+        hint = ("install the AWS CLI v2 and the Session Manager plugin (HyperPod is reached through SSM)"
+                if program == "aws" else f"install {program} or fix PATH")
+        raise UnreachableError(f"ProxyCommand program {program!r} was not found on PATH", hint)
+
+
+# ---------------------------------------------------------------------------------------------------- connection
+
+
+def _expand_proxy(command: str, host: str, port: int, user: str) -> str:
+    tokens = {"%": "%", "h": host, "p": str(port), "r": user}
+    return re.sub(r"%([%hpr])", lambda m: tokens[m.group(1)], command)
+
+
+def _connect(target: Target) -> Any:
+    import fabric
+    import paramiko
+
+    config = fabric.Config(runtime_ssh_path=os.path.expanduser(target.ssh_config)) if target.ssh_config \
+        else fabric.Config()
+    connect_kwargs: dict[str, Any] = {}
+    if target.identity_file:
+        key = Path(target.identity_file).expanduser()
+        if not key.is_file():
+            raise AuthError(f"identity file {target.identity_file} does not exist", "fix remote.identity_file")
+        connect_kwargs["key_filename"] = [str(key)]
+    try:
+        conn = fabric.Connection(target.host, user=target.user, port=target.port, config=config,
+                                 connect_timeout=int(target.connect_timeout), connect_kwargs=connect_kwargs,
+                                 gateway=False if target.proxy_command else None)
+    except FileNotFoundError:
+        raise RemoteError(f"ssh config {target.ssh_config} does not exist") from None
+    except ValueError as exc:  # user/port given twice (user@host plus user=)
+        raise RemoteError(f"remote host {target.host!r}: {exc}") from None
+    host, port, user = conn.host, conn.port, conn.user
+    where = f"{user}@{host}:{port}" if host == target.host else f"{user}@{target.host} ({host}:{port})"
+    known_hosts = _known_hosts(conn.ssh_config)
+    if known_hosts is not None:
+        try:
+            conn.client.load_system_host_keys(str(known_hosts))  # read only: never written back
+        except (OSError, paramiko.SSHException) as exc:
+            raise HostKeyError(f"cannot read {known_hosts}: {_reason(exc)}", "fix or remove the file") from None
+    if str(conn.ssh_config.get("stricthostkeychecking", "")).lower() == "yes":
+        conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    sock: Any = None
+    if target.proxy_command:
+        try:
+            sock = paramiko.ProxyCommand(_expand_proxy(target.proxy_command, host, port, user))
+        except (OSError, paramiko.SSHException) as exc:
+            raise UnreachableError(f"ProxyCommand for {target.host} could not start: {_reason(exc)}") from None
+        conn.connect_kwargs["sock"] = sock
+    try:
+        conn.open()
+    except paramiko.BadHostKeyException:
+        name = host if port == 22 else f"[{host}]:{port}"
+        _close(conn, sock)
+        raise HostKeyError(f"host key of {where} does not match {known_hosts} (the head node was rebuilt, "
+                           "or someone is in between)",
+                           f"if it was rebuilt: ssh-keygen -R '{name}', then `ssh` there once to check and "
+                           "record the new key") from None
+    except paramiko.AuthenticationException:
+        _close(conn, sock)
+        keys = target.identity_file or "your ssh keys/agent"
+        raise AuthError(f"authentication to {where} failed with {keys}",
+                        "check the user name, remote.identity_file (or IdentityFile in ~/.ssh/config) and that its "
+                        "public key is in ~/.ssh/authorized_keys on the head node") from None
+    except paramiko.ssh_exception.NoValidConnectionsError as exc:
+        _close(conn, sock)
+        refused = all(getattr(e, "errno", None) == errno.ECONNREFUSED for e in exc.errors.values())
+        what = "connection refused" if refused else _reason(exc)
+        raise UnreachableError(f"cannot connect to {where}: {what}",
+                               "is sshd running there and the host/port right? try: ssh -v "
+                               f"{'-p ' + str(port) + ' ' if port != 22 else ''}{user}@{host}") from None
+    except socket.gaierror:
+        _close(conn, sock)
+        raise UnreachableError(f"cannot resolve host name {host!r}",
+                               "check the spelling, your ~/.ssh/config Host aliases, VPN and DNS") from None
+    except (socket.timeout, TimeoutError):
+        _close(conn, sock)
+        raise UnreachableError(f"{where} did not answer within {target.connect_timeout:.0f} s",
+                               "is the host up and reachable (VPN, security group, bastion)?") from None
+    except paramiko.SSHException as exc:
+        _close(conn, sock)
+        text = _reason(exc)
+        if "not found in known_hosts" in text:
+            raise HostKeyError(f"host key of {where} is unknown and StrictHostKeyChecking is yes",
+                               f"ssh there once to check and record its key in {known_hosts}") from None
+        hint = "the ProxyCommand failed: run it by hand to see why" if target.proxy_command else \
+            "is this an ssh server? try: ssh -v to see more"
+        raise UnreachableError(f"ssh to {where} failed: {text}", hint) from None
+    except OSError as exc:
+        _close(conn, sock)
+        raise UnreachableError(f"cannot connect to {where}: {_reason(exc)}",
+                               "is the host up and reachable (VPN, security group, bastion)?") from None
+    return conn
+
+
+def _known_hosts(ssh_config: Any) -> Path | None:
+    configured = ssh_config.get("userknownhostsfile")
+    if isinstance(configured, list):
+        configured = configured[0] if configured else None
+    if configured:
+        text = str(configured).split()[0]
+        if text == "/dev/null":
+            return None
+        path = Path(os.path.expanduser(text))
+    else:
+        path = Path.home() / ".ssh" / "known_hosts"
+    return path if path.is_file() else None
+
+
+def _close(conn: Any, sock: Any) -> None:
+    try:
+        conn.close()
+    finally:
+        if sock is not None:
+            try:
+                sock.close()
+            except Exception:  # noqa: BLE001 - best effort while reporting the real error
+                pass
+
+
+def _reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:300]
+
+
+def _remote_home(conn: Any, target: Target) -> str:
+    try:
+        home: str = conn.sftp().normalize(".")
+    except (OSError, EOFError, Exception) as exc:  # paramiko.SSHException: no sftp subsystem
+        raise RemoteError(f"SFTP to {target.where} failed: {_reason(exc)}",
+                          "the head node's sshd needs the sftp subsystem (Subsystem sftp ... in sshd_config)") from None
+    return home
+
+
+def _check_version(conn: Any, target: Target, home: str) -> None:
+    result = conn.run(remote_command(target, ["--version"], home), hide=True, warn=True, pty=False, in_stream=False)
+    out = result.stdout.strip()
+    err = " ".join(result.stderr.split())[:200]
+    if result.exited in (126, 127):
+        raise RemoteCommandError(f"pipeline not found on {target.host}: install it there ({_INSTALL_HINT}) or set "
+                                 f"remote.pipeline (tried {target.pipeline!r}: {err or 'not found'})",
+                                 "remote.pipeline may be an absolute path, e.g. /fsx/ubuntu/pipeline/.venv/bin/pipeline")
+    match = re.fullmatch(r"pipeline (\S+)", out)
+    if result.exited != 0 or match is None:
+        shown = " ".join((out or err).split())[:200]
+        raise RemoteCommandError(f"`{target.pipeline} --version` on {target.host} exited {result.exited} and printed "
+                                 f"{shown!r}, not 'pipeline X.Y.Z'",
+                                 "is remote.pipeline the pipeline executable? "
+                                 "(it may be an absolute path to its virtualenv's bin/pipeline)")
+    if match.group(1) != __version__:
+        raise RemoteCommandError(f"pipeline on {target.host} is version {match.group(1)}, this one is {__version__}",
+                                 f"install the same version on both sides ({_INSTALL_HINT} on the head node, or "
+                                 "upgrade this one)")
+
+
+# ---------------------------------------------------------------------------------------------------- uploads
+
+
+def _upload(conn: Any, target: Target, home: str, files: list[Path]) -> dict[Path, str]:
+    """Copy files (spec first) under a fresh folder, keeping their layout relative to their common folder."""
+    sftp = conn.sftp()
+    base = Path(os.path.commonpath([str(p.parent) for p in files]))
+    root = _remote_abs(target.upload_dir, home)
+    name = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
+    staging = posixpath.join(root, f".{name}.partial")
+    final = posixpath.join(root, name)
+    rels = {path: path.relative_to(base).as_posix() for path in files}
+    try:
+        _makedirs(sftp, root)
+        sftp.mkdir(staging, 0o700)
+        for path, rel in rels.items():
+            destination = posixpath.join(staging, rel)
+            _makedirs(sftp, posixpath.dirname(destination))
+            sftp.put(str(path), destination, confirm=True)
+            if sftp.stat(destination).st_size != path.stat().st_size:
+                raise OSError(f"size mismatch after uploading {path}")
+        sftp.rename(staging, final)
+    except Exception as exc:  # OSError, paramiko.SSHException: nothing may run after a failed upload
+        _remove_tree(sftp, staging)
+        raise UploadError(f"upload to {target.host}:{root} failed: {_reason(exc)}; nothing was run there",
+                          "check remote.upload_dir (exists? writable? free space?) and the local files") from None
+    return {path: posixpath.join(final, rel) for path, rel in rels.items()}
+
+
+def _makedirs(sftp: Any, directory: str) -> None:
+    parts = directory.split("/")
+    for index in range(1, len(parts) + 1):
+        current = "/".join(parts[:index])
+        if not current:
+            continue
+        try:
+            info = sftp.stat(current)
+        except FileNotFoundError:
+            sftp.mkdir(current, 0o700)
+            continue
+        if not stat.S_ISDIR(info.st_mode or 0):
+            raise OSError(f"{current} exists and is not a directory")
+
+
+def _remove_tree(sftp: Any, directory: str) -> None:
+    try:
+        for entry in sftp.listdir_attr(directory):
+            path = posixpath.join(directory, entry.filename)
+            if stat.S_ISDIR(entry.st_mode or 0):
+                _remove_tree(sftp, path)
+            else:
+                sftp.remove(path)
+        sftp.rmdir(directory)
+    except Exception:  # noqa: BLE001 - best effort: the staging folder is hidden and never used
+        pass
+
+
+def _rewrite(argv: list[str], remote_paths: dict[Path, str]) -> list[str]:
+    """argv with every word (or --opt=VALUE) naming an uploaded local file replaced by its remote path."""
+
+    def swap(word: str) -> str | None:
+        if not word:
+            return None
+        try:
+            path = Path(word).resolve()
+        except (OSError, RuntimeError, ValueError):
+            return None
+        return remote_paths.get(path)
+
+    out: list[str] = []
+    for word in argv:
+        replaced = swap(word)
+        if replaced is None and word.startswith("--") and "=" in word:
+            option, _, value = word.partition("=")
+            value_path = swap(value)
+            replaced = f"{option}={value_path}" if value_path else None
+        out.append(replaced if replaced is not None else word)
+    return out
