@@ -415,7 +415,7 @@ def _reason(exc: BaseException) -> str:
 def _remote_home(conn: Any, target: Target) -> str:
     try:
         home: str = conn.sftp().normalize(".")
-    except (OSError, EOFError, Exception) as exc:  # paramiko.SSHException: no sftp subsystem
+    except Exception as exc:  # OSError, EOFError, paramiko.SSHException (no sftp subsystem)
         raise RemoteError(f"SFTP to {target.where} failed: {_reason(exc)}",
                           "the head node's sshd needs the sftp subsystem (Subsystem sftp ... in sshd_config)") from None
     return home
