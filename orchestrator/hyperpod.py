@@ -166,7 +166,7 @@ def controller_target(hp: HyperPodTarget, client: Any = None, remote: Remote | N
                             f"in {group!r} ({states})",
                             f"wait until the cluster is InService: pipeline clusters describe, or "
                             f"aws sagemaker list-cluster-nodes --cluster-name {hp.cluster}")
-    node = sorted(running, key=lambda n: str(n["launch_time"] or ""))[0]
+    node = min(running, key=lambda n: str(n["launch_time"] or ""))  # the oldest: the original head node
     target = ssm_target(info["id"], group, node["id"])
     base = remote or Remote(hyperpod=hp)
     return Target(host=node["id"], user=base.user, port=base.port, identity_file=base.identity_file,

@@ -17,6 +17,7 @@ recorded one is refused; an unknown host is accepted unless the ssh config says 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import posixpath
@@ -213,6 +214,9 @@ def forward(target: Target, argv: list[str], uploads: list[Path] | None = None) 
     when the head node cannot be reached or authenticated, its pipeline is missing or another version, or an
     upload fails.
     """
+    from invoke.exceptions import ThreadException
+
+    link_errors: tuple[type[BaseException], ...] = (*_ssh_errors(), ThreadException)
     files = _check_uploads(uploads or [])
     _check_proxy_program(target)
     conn = _connect(target)
@@ -228,14 +232,9 @@ def forward(target: Target, argv: list[str], uploads: list[Path] | None = None) 
         try:
             result = conn.run(command, hide=False, warn=True, pty=False, in_stream=False,
                               out_stream=sys.stdout, err_stream=sys.stderr)
-        except (OSError, EOFError) as exc:
-            raise RemoteError(f"connection to {target.where} lost while `pipeline {argv[0] if argv else ''}` ran: "
+        except link_errors as exc:
+            raise RemoteError(f"connection to {target.where} lost while `pipeline {' '.join(argv[:1])}` ran: "
                               f"{_reason(exc)}", "it may have finished there: check with `pipeline status`") from None
-        except Exception as exc:  # paramiko.SSHException, invoke's ThreadException
-            if type(exc).__module__.split(".")[0] in ("paramiko", "invoke"):
-                raise RemoteError(f"connection to {target.where} failed while the command ran: {_reason(exc)}",
-                                  "it may have finished there: check with `pipeline status`") from None
-            raise
         code = result.exited
         return code if isinstance(code, int) and code >= 0 else 255
     finally:
@@ -362,7 +361,7 @@ def _connect(target: Target) -> Any:
         _close(conn, sock)
         raise UnreachableError(f"cannot resolve host name {host!r}",
                                "check the spelling, your ~/.ssh/config Host aliases, VPN and DNS") from None
-    except (socket.timeout, TimeoutError):
+    except TimeoutError:  # socket.timeout is TimeoutError
         _close(conn, sock)
         raise UnreachableError(f"{where} did not answer within {target.connect_timeout:.0f} s",
                                "is the host up and reachable (VPN, security group, bastion)?") from None
@@ -401,10 +400,15 @@ def _close(conn: Any, sock: Any) -> None:
         conn.close()
     finally:
         if sock is not None:
-            try:
+            with contextlib.suppress(*_ssh_errors()):  # best effort while reporting the real error
                 sock.close()
-            except Exception:  # noqa: BLE001 - best effort while reporting the real error
-                pass
+
+
+def _ssh_errors() -> tuple[type[BaseException], ...]:
+    """What an SSH/SFTP operation raises when the link or the remote side fails."""
+    import paramiko
+
+    return (OSError, EOFError, paramiko.SSHException)
 
 
 def _reason(exc: BaseException) -> str:
@@ -415,7 +419,7 @@ def _reason(exc: BaseException) -> str:
 def _remote_home(conn: Any, target: Target) -> str:
     try:
         home: str = conn.sftp().normalize(".")
-    except Exception as exc:  # OSError, EOFError, paramiko.SSHException (no sftp subsystem)
+    except _ssh_errors() as exc:  # e.g. paramiko.SSHException: no sftp subsystem
         raise RemoteError(f"SFTP to {target.where} failed: {_reason(exc)}",
                           "the head node's sshd needs the sftp subsystem (Subsystem sftp ... in sshd_config)") from None
     return home
@@ -464,7 +468,7 @@ def _upload(conn: Any, target: Target, home: str, files: list[Path]) -> dict[Pat
             if sftp.stat(destination).st_size != path.stat().st_size:
                 raise OSError(f"size mismatch after uploading {path}")
         sftp.rename(staging, final)
-    except Exception as exc:  # OSError, paramiko.SSHException: nothing may run after a failed upload
+    except _ssh_errors() as exc:  # nothing may run after a failed upload
         _remove_tree(sftp, staging)
         raise UploadError(f"upload to {target.host}:{root} failed: {_reason(exc)}; nothing was run there",
                           "check remote.upload_dir (exists? writable? free space?) and the local files") from None
@@ -487,7 +491,7 @@ def _makedirs(sftp: Any, directory: str) -> None:
 
 
 def _remove_tree(sftp: Any, directory: str) -> None:
-    try:
+    with contextlib.suppress(*_ssh_errors()):  # best effort: a staging folder is hidden and never used
         for entry in sftp.listdir_attr(directory):
             path = posixpath.join(directory, entry.filename)
             if stat.S_ISDIR(entry.st_mode or 0):
@@ -495,8 +499,6 @@ def _remove_tree(sftp: Any, directory: str) -> None:
             else:
                 sftp.remove(path)
         sftp.rmdir(directory)
-    except Exception:  # noqa: BLE001 - best effort: the staging folder is hidden and never used
-        pass
 
 
 def _rewrite(argv: list[str], remote_paths: dict[Path, str]) -> list[str]:
