@@ -73,7 +73,7 @@ def makespan(job_ids: list[str]) -> float:
 def _count(text: str, types: tuple[str, ...]) -> int:
     section = text.split("Remote Procedure Call statistics by message type", 1)[-1]
     section = section.split("Remote Procedure Call statistics by user", 1)[0]
-    return sum(int(m.group(2)) for m in re.finditer(r"^\s*(\w+)\s*\(\s*\d+\)\s*count:\s*(\d+)", section, re.M)
+    return sum(int(m.group(2)) for m in re.finditer(r"^\s*(\w+)\s*\(\s*\d+\)\s*count:\s*(\d+)", section, re.MULTILINE)
                if m.group(1) in types)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from orchestrator import dag
 from orchestrator import state as statelib
-from orchestrator.errors import PipelineError, SchedulerError
+from orchestrator.errors import PipelineError
 from orchestrator.plan import Plan
 from orchestrator.scheduler import Scheduler, SubmitRequest
 from orchestrator.spec import Spec
@@ -172,10 +172,7 @@ def cancel(store: Store, plan: Plan, scheduler: Scheduler, stage: str | None = N
     ids = [s.current.job_id for n, s in state.stages.items()
            if n in names and s.current is not None and not s.state.terminal]
     if ids:
-        try:
-            scheduler.cancel(ids)
-        except SchedulerError:
-            raise
+        scheduler.cancel(ids)
         with store.update() as fresh:
             for name in names:
                 current = fresh.stages[name].current

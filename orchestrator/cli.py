@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -26,8 +27,21 @@ def load_run(ref: str | None) -> tuple[Store, plan.Plan, Scheduler]:
     return Store(run_dir), saved, for_cluster(saved.cluster, run_dir)
 
 
+def _forward_if_remote(args: argparse.Namespace, loaded: spec.Spec) -> int | None:
+    """A spec whose cluster profile has `remote:` runs on that head node (unless we are that forwarded run)."""
+    from orchestrator import remote
+
+    if loaded.cluster.remote is None or os.environ.get(remote.FORWARDED_ENV):
+        return None
+    target = remote.resolve(loaded.cluster.remote)
+    return remote.forward(target, args.forward_argv, remote.referenced_files(Path(args.file)))
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     loaded = spec.load(Path(args.file))
+    forwarded = _forward_if_remote(args, loaded)
+    if forwarded is not None:
+        return forwarded
     plan.build(loaded)  # rendering errors are spec errors too
     print(f"{args.file}: ok ({len(loaded.pipeline.stages)} stages, cluster {loaded.cluster.name})")
     return 0
@@ -40,7 +54,11 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    built = plan.build(spec.load(Path(args.file)))
+    loaded = spec.load(Path(args.file))
+    forwarded = _forward_if_remote(args, loaded)
+    if forwarded is not None:
+        return forwarded
+    built = plan.build(loaded)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -72,6 +90,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if not args.file:
         raise PipelineError("submit needs a pipeline file (or --resume RUN)")
     loaded = spec.load(Path(args.file))
+    forwarded = _forward_if_remote(args, loaded)
+    if forwarded is not None:
+        return forwarded
     built = plan.build(loaded)  # every stage validated and rendered before the first sbatch
     root = apply.run_root(loaded, Path(args.run_root) if args.run_root else None)
     store = apply.create_run(loaded, built, root)
@@ -209,6 +230,50 @@ def _follow(run_dir: Path, stage: str, log: Path) -> None:
             time.sleep(1.0)
 
 
+def find_profile(name: str) -> spec.ClusterProfile:
+    for directory in spec.default_cluster_dirs(Path.cwd() / "pipeline.yaml"):
+        candidate = directory / f"{name}.yaml"
+        if candidate.is_file():
+            return spec.load_cluster(candidate)
+    raise PipelineError(f"no cluster profile {name!r}", "looked in ./clusters, ~/.pipeline/clusters and pipeline's own")
+
+
+def cmd_clusters(args: argparse.Namespace) -> int:
+    """`clusters describe NAME`: a profile with remote.hyperpod, or a HyperPod cluster name (with --region)."""
+    from orchestrator import hyperpod
+
+    try:
+        profile = find_profile(args.name)
+        target = profile.remote.hyperpod if profile.remote else None
+        if target is None:
+            raise PipelineError(f"cluster profile {args.name!r} has no remote.hyperpod section")
+        cluster, region = target.cluster, args.region or target.region
+    except PipelineError:
+        if (Path.cwd() / "clusters" / f"{args.name}.yaml").exists():
+            raise
+        cluster, region = args.name, args.region
+    print(hyperpod.format_describe(hyperpod.describe(cluster, region)))
+    return 0
+
+
+def _forward_global(args: argparse.Namespace) -> int | None:
+    """--host / --remote-cluster: run this whole command on a head node over SSH."""
+    from orchestrator import remote
+
+    if os.environ.get(remote.FORWARDED_ENV) or not (args.host or args.remote_cluster):
+        return None
+    if args.host:
+        target = remote.Target.parse(args.host)
+    else:
+        profile = find_profile(args.remote_cluster)
+        if profile.remote is None:
+            raise PipelineError(f"cluster profile {args.remote_cluster!r} has no `remote:` section")
+        target = remote.resolve(profile.remote)
+    file = getattr(args, "file", None)
+    uploads = remote.referenced_files(Path(file)) if file and args.verb in ("submit", "validate", "render") else None
+    return remote.forward(target, args.forward_argv, uploads)
+
+
 def cmd_dev_cluster(args: argparse.Namespace) -> int:
     from orchestrator import devcluster
 
@@ -218,6 +283,8 @@ def cmd_dev_cluster(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pipeline", description="LLM fine-tuning chains on Slurm, from one YAML.")
     parser.add_argument("--version", action="version", version=f"pipeline {__version__}")
+    parser.add_argument("--host", help="run the command on this head node over SSH ([user@]host[:port] or alias)")
+    parser.add_argument("--remote-cluster", metavar="NAME", help="run it on the head node of cluster profile NAME")
     sub = parser.add_subparsers(dest="verb", required=True)
 
     def verb(name: str, func: Verb, help_text: str) -> argparse.ArgumentParser:
@@ -259,6 +326,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("stage")
     p.add_argument("-n", "--lines", type=int, default=50)
     p.add_argument("-f", "--follow", action="store_true")
+    p = verb("clusters", cmd_clusters, "describe a SageMaker HyperPod cluster: instance groups and node health")
+    p.add_argument("action", choices=["describe"])
+    p.add_argument("name", help="cluster profile with remote.hyperpod, or a HyperPod cluster name")
+    p.add_argument("--region")
     p = verb("dev-cluster", cmd_dev_cluster, "boot or stop a throwaway Slurm cluster on this machine (root)")
     p.add_argument("action", choices=["up", "down", "status"])
     p.add_argument("--dir", default=str(Path.home() / ".pipeline" / "dev-cluster"))
@@ -267,8 +338,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(raw)
+    # What a head node runs: the command from its verb on, without our global --host/--remote-cluster.
+    args.forward_argv = raw[raw.index(args.verb):] if args.verb in raw else raw
     try:
+        forwarded = _forward_global(args)
+        if forwarded is not None:
+            return forwarded
         result: int = args.func(args)
         return result
     except PipelineError as exc:

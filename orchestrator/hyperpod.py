@@ -32,11 +32,16 @@ class HyperPodError(PipelineError):
 def _client(client: Any, region: str | None) -> Any:
     if client is not None:
         return client
-    import boto3
-    from botocore.exceptions import BotoCoreError
+    try:
+        import boto3
+        from botocore.exceptions import BotoCoreError
+    except ImportError:
+        raise HyperPodError("HyperPod clusters need boto3, which is not installed here",
+                            "pip install 'pipeline[remote]'") from None
 
     try:
-        return boto3.client("sagemaker", region_name=region)
+        # A fresh session: credentials are read now (boto3's default session caches them for the process).
+        return boto3.session.Session().client("sagemaker", region_name=region)
     except BotoCoreError as exc:  # NoRegionError, ProfileNotFound, ...
         raise _botocore_error(exc, region) from None
 

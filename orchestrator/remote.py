@@ -41,12 +41,14 @@ from orchestrator.errors import PipelineError
 from orchestrator.spec import Remote
 
 FORWARDED_ENV = "PIPELINE_FORWARDED"
+_FOLLOW_FLAGS = frozenset({"-f", "--follow", "--watch", "--wait"})
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _INSTALL_HINT = f"pip install 'pipeline[remote]=={__version__}'"
 
 
 class RemoteError(PipelineError):
-    """A forwarded command could not be started on the head node (nothing ran there)."""
+    """A forwarded command could not run on the head node. The subclasses are raised before anything ran there;
+    RemoteError itself also when the connection dropped while the command ran."""
 
 
 class UnreachableError(RemoteError):
@@ -210,16 +212,16 @@ def forward(target: Target, argv: list[str], uploads: list[Path] | None = None) 
     """Run `pipeline ARGV` on the target's head node and return its exit code; its output streams here.
 
     uploads (the spec first) are copied to a fresh upload folder and argv paths naming them are rewritten; the
-    remote command runs in the remote copy of the spec's folder. Raises a RemoteError (nothing ran remotely)
+    remote command runs in the remote copy of the spec's folder. Raises a RemoteError, and nothing ran remotely,
     when the head node cannot be reached or authenticated, its pipeline is missing or another version, or an
-    upload fails.
+    upload fails; also (then the command may have run) when the connection drops while it runs.
     """
-    from invoke.exceptions import ThreadException
-
-    link_errors: tuple[type[BaseException], ...] = (*_ssh_errors(), ThreadException)
     files = _check_uploads(uploads or [])
     _check_proxy_program(target)
     conn = _connect(target)
+    from invoke.exceptions import ThreadException  # installed with fabric (checked by _connect)
+
+    link_errors: tuple[type[BaseException], ...] = (*_ssh_errors(), ThreadException)
     try:
         home = _remote_home(conn, target)
         _check_version(conn, target, home)
@@ -230,7 +232,7 @@ def forward(target: Target, argv: list[str], uploads: list[Path] | None = None) 
             cwd = posixpath.dirname(remote_paths[files[0]])
         command = remote_command(target, argv, home, cwd)
         try:
-            result = conn.run(command, hide=False, warn=True, pty=False, in_stream=False,
+            result = conn.run(command, hide=False, warn=True, pty=_wants_pty(argv), in_stream=False,
                               out_stream=sys.stdout, err_stream=sys.stderr)
         except link_errors as exc:
             raise RemoteError(f"connection to {target.where} lost while `pipeline {' '.join(argv[:1])}` ran: "
@@ -239,6 +241,14 @@ def forward(target: Target, argv: list[str], uploads: list[Path] | None = None) 
         return code if isinstance(code, int) and code >= 0 else 255
     finally:
         conn.close()
+
+
+def _wants_pty(argv: list[str]) -> bool:
+    """Following commands (logs -f, status --watch, submit/rerun --wait) get a remote terminal, so Ctrl-C
+    (SIGINT) here interrupts them THERE: fabric sends ^C down the terminal. Without one, a local Ctrl-C waits
+    until the remote command ends by itself, which is what other commands want (a submission is never cut in
+    half). With a terminal the remote stderr arrives merged into stdout."""
+    return bool(_FOLLOW_FLAGS.intersection(argv))
 
 
 def remote_command(target: Target, argv: list[str], home: str, cwd: str | None = None) -> str:
@@ -299,8 +309,12 @@ def _expand_proxy(command: str, host: str, port: int, user: str) -> str:
 
 
 def _connect(target: Target) -> Any:
-    import fabric
-    import paramiko
+    try:
+        import fabric
+        import paramiko
+    except ImportError:
+        raise RemoteError("commands on a remote head node need fabric, which is not installed here",
+                          "pip install 'pipeline[remote]'") from None
 
     config = fabric.Config(runtime_ssh_path=os.path.expanduser(target.ssh_config)) if target.ssh_config \
         else fabric.Config()
@@ -433,15 +447,17 @@ def _check_version(conn: Any, target: Target, home: str) -> None:
         raise RemoteCommandError(f"pipeline not found on {target.host}: install it there ({_INSTALL_HINT}) or set "
                                  f"remote.pipeline (tried {target.pipeline!r}: {err or 'not found'})",
                                  "remote.pipeline may be an absolute path, e.g. /fsx/ubuntu/pipeline/.venv/bin/pipeline")
-    match = re.fullmatch(r"pipeline (\S+)", out)
+    # The last such line: a chatty remote ~/.bashrc may print before it.
+    matches = re.findall(r"^pipeline (\S+)$", out, re.MULTILINE)
+    match = matches[-1] if matches else None
     if result.exited != 0 or match is None:
         shown = " ".join((out or err).split())[:200]
         raise RemoteCommandError(f"`{target.pipeline} --version` on {target.host} exited {result.exited} and printed "
                                  f"{shown!r}, not 'pipeline X.Y.Z'",
                                  "is remote.pipeline the pipeline executable? "
                                  "(it may be an absolute path to its virtualenv's bin/pipeline)")
-    if match.group(1) != __version__:
-        raise RemoteCommandError(f"pipeline on {target.host} is version {match.group(1)}, this one is {__version__}",
+    if match != __version__:
+        raise RemoteCommandError(f"pipeline on {target.host} is version {match}, this one is {__version__}",
                                  f"install the same version on both sides ({_INSTALL_HINT} on the head node, or "
                                  "upgrade this one)")
 

@@ -105,8 +105,8 @@ def load_model(args: argparse.Namespace, dist: Dist) -> tuple[Any, Any]:
             raise StageError("QLoRA needs a CUDA GPU (bitsandbytes 4-bit); this node has none",
                              "use method: lora on CPU, or run this stage on a GPU partition")
         try:
-            from transformers import BitsAndBytesConfig
             import bitsandbytes  # noqa: F401
+            from transformers import BitsAndBytesConfig
         except ImportError:
             raise StageError("QLoRA needs bitsandbytes", "pip install bitsandbytes in the stage's env") from None
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",

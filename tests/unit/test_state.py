@@ -51,8 +51,7 @@ def test_corrupt_and_foreign_state_files_are_clear_errors(tmp_path):
 
 def test_failed_update_block_writes_nothing(tmp_path):
     store = _make(tmp_path)
-    with pytest.raises(RuntimeError):
-        with store.update() as state:
-            state.stages["s"].attempts.append(Attempt(job_id="x"))
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), store.update() as state:
+        state.stages["s"].attempts.append(Attempt(job_id="x"))
+        raise RuntimeError("boom")
     assert store.read().stages["s"].attempts == []
