@@ -10,10 +10,11 @@ import hashlib
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from orchestrator import yamlsrc
 from orchestrator.families import Family, Kind, Params
+from orchestrator.families import Params as Strict
 from orchestrator.spec import Pipeline, error_at
 
 # (NeuronCores per node, tensor parallel size) per instance type (stages.md 2.3, Gen 2 launcher table).
@@ -42,10 +43,6 @@ PINS: dict[str, dict[str, Any]] = {
     },
 }
 NEURON_INDEX = "https://pip.repos.neuron.amazonaws.com"
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Lora(Strict):
