@@ -173,3 +173,43 @@ stages:
     run_dir = latest_run()
     assert wait_terminal(run_dir, timeout=120) == {"a": S.FAILED, "b": S.CANCELLED}
     assert "declared outputs missing" in state.Store(run_dir).read().stages["a"].current.reason
+
+
+def test_hostile_values_on_slurm(slurm_cluster, write_spec, tmp_path):
+    marker = tmp_path / "MARKER"
+    evil = json.dumps(f"$(touch {marker}) `touch {marker}`; touch {marker} ' \" \n x")
+    path = write_spec(f"""name: hostile
+cluster: {CLUSTER}
+env: {{EVIL: {evil}}}
+stages:
+  - {{name: a, kind: command, params: {{value: {evil}}}, run: 'printf "%s\\n" "$PARAM_VALUE" "$EVIL"'}}
+""")
+    run_cli("submit", str(path))
+    run_dir = latest_run()
+    assert wait_terminal(run_dir, timeout=120) == {"a": S.COMPLETED}
+    assert not marker.exists()
+    assert f"$(touch {marker})" in next((run_dir / "logs").glob("a.*.log")).read_text()
+
+
+def test_twenty_status_processes_while_rerun_on_slurm(slurm_cluster, write_spec):
+    path = write_spec(f"""name: busy
+cluster: {CLUSTER}
+stages:
+  - {{name: a, kind: command, run: "true"}}
+  - {{name: b, kind: command, run: "exit 1"}}
+  - {{name: c, kind: command, run: "true"}}
+""")
+    run_cli("submit", str(path))
+    run_dir = latest_run()
+    wait_terminal(run_dir, timeout=120)
+    readers = [subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "status", str(run_dir), "--json"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(20)]
+    assert run_cli("rerun", run_dir.name) == 0
+    outputs = [r.communicate(timeout=120) for r in readers]
+    assert all(r.returncode == 0 for r in readers), [o[1][-300:] for o in outputs]
+    for out, _ in outputs:
+        json.loads(out)
+    wait_terminal(run_dir, timeout=120)
+    saved = state.Store(run_dir).read()
+    assert len(saved.stages["b"].attempts) == 2 and len(saved.stages["c"].attempts) == 2
+    record_figure("concurrency", {"status_processes": 20, "corrupt": 0, "lost_attempts": 0})
