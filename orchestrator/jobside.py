@@ -86,9 +86,10 @@ def _run_script(paths: RunPaths, plan: dict[str, Any], stage: str, job_id: str, 
     # Without `venv:`, `python`/`torchrun` in a stage are those of pipeline's own environment; a stage's
     # `source <venv>/bin/activate` still puts its own env first.
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    forwarder = SignalForwarder()  # installed before the child exists: a cancel can never orphan it
     child = subprocess.Popen(["bash", str(paths.script(stage))], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              env=env, cwd=str(paths.root), start_new_session=True)
-    _forward_signals(child)
+    forwarder.attach(child)
     spec = next(s for s in plan["stages"] if s["name"] == stage)
     timer = _requeue_before_timeout(child, job_id, spec["retries"], log)
     redact = [v.encode() for v in values.values() if v]
@@ -151,17 +152,29 @@ def slurm_seconds(value: str) -> int | None:
     return days * 86400 + seconds
 
 
-def _forward_signals(child: subprocess.Popen[bytes]) -> None:
-    """Pass SIGTERM/SIGUSR2/SIGINT to the script's whole process group so training can checkpoint and exit."""
+class SignalForwarder:
+    """Pass SIGTERM/SIGUSR2/SIGINT to the script's whole process group so training can checkpoint and exit.
+    A signal that arrives before the script has started is remembered and delivered as soon as it has."""
 
-    def forward(signum: int, frame: FrameType | None) -> None:
+    def __init__(self) -> None:
+        self.child: subprocess.Popen[bytes] | None = None
+        self.pending: list[int] = []
+        for sig in (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.child is None:
+            self.pending.append(signum)
+            return
         try:
-            os.killpg(child.pid, signum)
+            os.killpg(self.child.pid, signum)
         except ProcessLookupError:
             pass
 
-    for sig in (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT):
-        signal.signal(sig, forward)
+    def attach(self, child: subprocess.Popen[bytes]) -> None:
+        self.child = child
+        for signum in self.pending:
+            self._handle(signum, None)
 
 
 def _missing_outputs(plan: dict[str, Any], paths: RunPaths, outputs: list[str]) -> list[str]:
