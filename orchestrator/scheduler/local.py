@@ -105,11 +105,15 @@ class LocalScheduler:
                     if job is None or JobState(job["state"]).terminal:
                         continue
                     if job["state"] == "RUNNING" and job.get("pgid"):
-                        job["cancel_requested"] = True
-                        _kill_group(int(job["pgid"]))
+                        # Written before the kill: the driver reads this flag as soon as its child dies.
+                        jobs.write(number, {**job, "cancel_requested": True})
+                        kill_group(int(job["pgid"]))
+                    elif job["state"] == "RUNNING":
+                        # Claimed but not yet started: the driver sees the flag right after it starts the child.
+                        jobs.write(number, {**job, "cancel_requested": True})
                     else:
-                        job.update(state="CANCELLED", reason="cancelled by user", end=statelib.now_iso())
-                    jobs.write(number, job)
+                        jobs.write(number, {**job, "state": "CANCELLED", "reason": "cancelled by user",
+                                            "end": statelib.now_iso()})
 
     def find_tagged(self, run_dir: Path, run_id: str, stages: Sequence[str]) -> dict[str, list[str]]:
         found: dict[str, list[str]] = {}
@@ -148,7 +152,7 @@ def _info(job: dict[str, Any]) -> JobInfo:
                    reason=job.get("reason") or ("held" if job.get("held") else None))
 
 
-def _kill_group(pgid: int) -> None:
+def kill_group(pgid: int) -> None:
     try:
         os.killpg(pgid, signal.SIGTERM)
     except ProcessLookupError:

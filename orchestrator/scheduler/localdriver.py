@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import state as statelib
-from orchestrator.scheduler.local import LocalJobs, split_id
+from orchestrator.scheduler.local import LocalJobs, kill_group, split_id
 from orchestrator.states import JobState
 
 POLL_S = 0.2
@@ -71,7 +71,7 @@ def _run(jobs: LocalJobs, run_dir: Path, number: str) -> None:
         child = subprocess.Popen([sys.executable, "-m", "orchestrator.jobside", str(run_dir), job["stage"], job_id],
                                  stdin=subprocess.DEVNULL, start_new_session=True,
                                  env={**os.environ, "SLURM_RESTART_COUNT": str(attempts)})
-        _update(jobs, number, pgid=child.pid, pid=child.pid)
+        _started(jobs, number, child.pid)
         rc = child.wait()
         current = jobs.read(number) or {}
         # Retry only a stage that was killed (rc < 0: OOM killer, a lost machine), like Slurm requeues
@@ -85,6 +85,15 @@ def _run(jobs: LocalJobs, run_dir: Path, number: str) -> None:
     else:
         final.update(state="COMPLETED" if rc == 0 else "FAILED", reason=None if rc == 0 else f"exit code {rc}")
     _update(jobs, number, **final)
+
+
+def _started(jobs: LocalJobs, number: str, pid: int) -> None:
+    """Record the child's process group; a cancel that came in before it existed kills it now."""
+    with jobs.locked():
+        job = jobs.read(number) or {}
+        jobs.write(number, {**job, "pgid": pid, "pid": pid})
+        if job.get("cancel_requested"):
+            kill_group(pid)
 
 
 def _update(jobs: LocalJobs, number: str, **fields: Any) -> None:
