@@ -85,11 +85,9 @@ def load_saved(plan_json: dict[str, Any], scripts_dir: Path) -> Plan:
 
 def resource_flags(res: Resources) -> list[str]:
     flags = []
-    for key in ("nodes", "ntasks_per_node", "cpus_per_task", "gpus_per_node", "gres", "mem", "time",
-                "partition", "constraint", "account", "qos"):
-        value = getattr(res, key)
-        if value is not None:
-            flags.append(f"--{key.replace('_', '-')}={value}")
+    for key, value in res.flag_values(("nodes", "ntasks_per_node", "cpus_per_task", "gpus_per_node", "gres", "mem",
+                                       "time", "partition", "constraint", "account", "qos")):
+        flags.append(f"--{key.replace('_', '-')}={value}")
     if res.exclusive:
         flags.append("--exclusive")
     for key, value in sorted(res.sbatch.items()):

@@ -1,6 +1,8 @@
 """consolidate: one adapter from the newest completed checkpoint (or final/), found at run time.
 
-hf: copies the PEFT adapter (adapter_config.json + adapter_model.safetensors) and checks it has tensors.
+hf: copies the PEFT adapter (adapter_config.json + adapter_model.safetensors) and checks it has tensors; a
+    checkpoint written by FSDP (checkpoint-N/dcp/: one torch.distributed.checkpoint shard per rank) is gathered
+    in this one process into a single adapter_model.safetensors with PEFT's key names.
 neuron: runs `optimum-cli neuron consolidate` on the newest checkpoint, locating the adapter per optimum-neuron
 version (0.4.x: checkpoint-N/adapter_default/, 0.1.x: checkpoint-N/adapter_shards) — stages.md defects 1, 14.
 """
@@ -12,6 +14,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from stages import sharding
 from stages.common import StageError, entry, log, newest_checkpoint
 
 
@@ -39,8 +42,32 @@ def check_adapter(directory: Path) -> int:
     return count
 
 
+def from_dcp(directory: Path, output: Path) -> int:
+    """FSDP shards -> one PEFT adapter. The live model's keys carry the adapter name
+    (`...q_proj.lora_A.default.weight`); a saved PEFT adapter's do not (`...q_proj.lora_A.weight`)."""
+    from safetensors.torch import save_file
+
+    config = directory / "adapter_config.json"
+    if not config.is_file():
+        raise StageError(f"{directory}: a sharded checkpoint without adapter_config.json is a full fine-tune",
+                         "full fine-tunes need no consolidation: use the finetune stage's final/ model")
+    tensors = {key.replace(".default.", "."): value.contiguous() for key, value in sharding.gather_dcp(directory).items()
+               if "lora_" in key}
+    if not tensors:
+        raise StageError(f"{directory}: the sharded checkpoint holds no LoRA tensors")
+    output.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(output / "adapter_model.safetensors"), metadata={"format": "pt"})
+    shutil.copy2(config, output / "adapter_config.json")
+    return len(tensors)
+
+
 def hf(checkpoints: Path, output: Path) -> None:
     source = pick(checkpoints)
+    if (source / sharding.DCP_DIR).is_dir() and not (source / "adapter_config.json").is_file():
+        count = from_dcp(source / sharding.DCP_DIR, output)
+        log(f"adapter from {source.name} ({count} tensors gathered from FSDP shards) -> {output}")
+        check_adapter(output)
+        return
     adapter = source if (source / "adapter_config.json").is_file() else source / "adapter"
     check_adapter(adapter)
     output.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,5 @@
 """finetune (Hugging Face family): LoRA / QLoRA / full fine-tuning with transformers + peft, one process per
-device under torchrun (DDP; gloo on CPU, nccl on GPU).
+device under torchrun: DDP, or FSDP2 with --fsdp (stages/sharding.py); gloo on CPU, nccl on GPU.
 
 Checkpoints go to <output>/checkpoint-<step>/ with a `done` marker written last; a restarted (requeued) job
 resumes from the newest complete one and continues the step count. SIGTERM/SIGUSR2 (Slurm's warning before a
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from stages import data as datalib
+from stages import sharding
 from stages.common import StageError, entry, log, newest_checkpoint, require_model_dir, write_json
 
 INTERRUPTED_RC = 75
@@ -48,7 +49,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--eval-fraction", type=float, default=0.1)
     p.add_argument("--warmup-steps", type=int, default=5)
-    p.add_argument("--fsdp", action="store_true", help="shard with FSDP (GPU only)")
+    p.add_argument("--fsdp", action="store_true", help="shard parameters, gradients and optimizer state (FSDP2)")
     return p.parse_args(argv)
 
 
@@ -70,6 +71,8 @@ class Dist:
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.cuda = torch.cuda.is_available()
         self.device = torch.device(f"cuda:{self.local_rank}" if self.cuda else "cpu")
+        if self.cuda:
+            torch.cuda.set_device(self.device)  # FSDP2's default device mesh uses the current device
         if self.world > 1:
             dist.init_process_group("nccl" if self.cuda else "gloo")
 
@@ -109,8 +112,11 @@ def load_model(args: argparse.Namespace, dist: Dist) -> tuple[Any, Any]:
             from transformers import BitsAndBytesConfig
         except ImportError:
             raise StageError("QLoRA needs bitsandbytes", "pip install bitsandbytes in the stage's env") from None
+        # FSDP shards flat storage of one dtype: 4-bit weights must be stored in the compute dtype to be sharded
+        # with the rest (the transformers FSDP-QLoRA recipe).
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                           bnb_4bit_compute_dtype=dtype)
+                                                           bnb_4bit_compute_dtype=dtype,
+                                                           bnb_4bit_quant_storage=dtype if args.fsdp else None)
     model = AutoModelForCausalLM.from_pretrained(args.model, **kwargs)
     if args.method in ("lora", "qlora"):
         from peft import LoraConfig, get_peft_model
@@ -127,7 +133,8 @@ def load_model(args: argparse.Namespace, dist: Dist) -> tuple[Any, Any]:
             raise StageError(f"LoRA could not be applied: {exc}",
                              "check --target-modules against the model's module names") from None
     check_trainable(model, args.method)
-    return model.to(dist.device) if args.method != "qlora" else model, tokenizer
+    # FSDP moves each rank's shard to the device itself: the whole model never has to fit on one GPU.
+    return model.to(dist.device) if args.method != "qlora" and not args.fsdp else model, tokenizer
 
 
 def check_trainable(model: Any, method: str) -> tuple[int, int]:
@@ -181,34 +188,48 @@ def save_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any, step
     import torch
 
     dist.barrier()
+    if args.fsdp:  # every rank writes its own shard; consolidate gathers them
+        sharding.save(path, model, optimizer, frozen_too=args.method == "full")
     if dist.rank == 0:
         path.mkdir(parents=True, exist_ok=True)
         inner = model.module if hasattr(model, "module") else model
-        torch.save(trainable_state(inner), path / "trainable.pt")
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "rng": torch.get_rng_state()}, path / "optimizer.pt")
-        if args.method != "full":
+        extra = {"scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()}
+        if not args.fsdp:
+            torch.save(trainable_state(inner), path / "trainable.pt")
+            extra["optimizer"] = optimizer.state_dict()
+        torch.save(extra, path / "optimizer.pt")
+        if args.method != "full" and args.fsdp:
+            inner.peft_config["default"].save_pretrained(path / sharding.DCP_DIR)  # adapter_config.json
+        elif args.method != "full":
             inner.save_pretrained(path / "adapter")  # PEFT layout: consolidate takes it from here
-        write_json(path / "train_state.json", {"step": step, "method": args.method})
+        write_json(path / "train_state.json", {"step": step, "method": args.method, "fsdp": args.fsdp,
+                                               "world_size": dist.world})
         (path / "done").write_text(str(step))  # last: a checkpoint without it is incomplete
         log(f"checkpoint {path.name} saved")
     dist.barrier()
 
 
-def resume(output: Path, model: Any, optimizer: Any, scheduler: Any) -> int:
+def resume(output: Path, model: Any, optimizer: Any, scheduler: Any, args: argparse.Namespace) -> int:
     import torch
 
     ckpt = newest_checkpoint(output)
     if ckpt is None:
         return 0
-    state = torch.load(ckpt / "trainable.pt", map_location="cpu")
-    inner = model.module if hasattr(model, "module") else model
-    params = dict(inner.named_parameters())
-    with torch.no_grad():
-        for name, value in state.items():
-            params[name].copy_(value.to(params[name].device))
+    if args.fsdp:
+        sharding.load(ckpt, model, optimizer, frozen_too=args.method == "full")
+    else:
+        if not (ckpt / "trainable.pt").is_file():
+            raise StageError(f"{ckpt} was written by an FSDP run (no trainable.pt)",
+                             "resume with fsdp: true, or move the checkpoint aside to start over")
+        state = torch.load(ckpt / "trainable.pt", map_location="cpu")
+        inner = model.module if hasattr(model, "module") else model
+        params = dict(inner.named_parameters())
+        with torch.no_grad():
+            for name, value in state.items():
+                params[name].copy_(value.to(params[name].device))
     extra = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=False)
-    optimizer.load_state_dict(extra["optimizer"])
+    if not args.fsdp:
+        optimizer.load_state_dict(extra["optimizer"])
     scheduler.load_state_dict(extra["scheduler"])
     torch.set_rng_state(extra["rng"])
     step = int(json.loads((ckpt / "train_state.json").read_text())["step"])
@@ -216,10 +237,14 @@ def resume(output: Path, model: Any, optimizer: Any, scheduler: Any) -> int:
     return step
 
 
-def save_final(output: Path, model: Any, tokenizer: Any, step: int, args: argparse.Namespace) -> None:
+def save_final(output: Path, model: Any, tokenizer: Any, step: int, args: argparse.Namespace, dist: Dist) -> None:
+    # With FSDP the full state is gathered first (a collective: every rank takes part), then rank 0 writes it.
+    state = sharding.full_state(model, frozen_too=args.method == "full") if args.fsdp else None
+    if dist.rank != 0:
+        return
     final = output / "final"
     inner = model.module if hasattr(model, "module") else model
-    inner.save_pretrained(final, safe_serialization=True)
+    inner.save_pretrained(final, safe_serialization=True, state_dict=state)
     tokenizer.save_pretrained(final)
     write_json(final / "train_state.json", {"step": step, "method": args.method, "source_model": str(args.model)})
     log(f"final {'adapter' if args.method != 'full' else 'model'} at step {step} -> {final}")
@@ -230,6 +255,9 @@ def train(args: argparse.Namespace) -> int:
 
     datalib.validate(args.data, datalib.read_jsonl(args.data), args.format)  # bad rows fail before any loading
     dist = Dist()
+    if args.fsdp and dist.world == 1:
+        log("--fsdp with a single process: nothing to shard, training unsharded")
+        args.fsdp = False
     torch.manual_seed(args.seed)
     model, tokenizer = load_model(args, dist)
     train_set, _ = datalib.load(args.data, args.format, tokenizer, args.eval_fraction, args.seed)
@@ -238,7 +266,9 @@ def train(args: argparse.Namespace) -> int:
     steps = args.max_steps if args.max_steps > 0 else args.epochs * math.ceil(len(chunks) / per_step)
     log(f"{len(train_set)} examples -> {len(chunks)} sequences of <= {args.seq_len} tokens; {steps} steps "
         f"of {per_step} sequences ({dist.world} process(es))")
-    if dist.world > 1:
+    if args.fsdp:
+        model = sharding.shard(model)
+    elif dist.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
         model = DistributedDataParallel(model, device_ids=[dist.local_rank] if dist.cuda else None)
@@ -247,7 +277,7 @@ def train(args: argparse.Namespace) -> int:
     warmup = min(args.warmup_steps, max(1, steps // 10))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * max(0.0, (steps - s) / max(1, steps - warmup)))
-    step = resume(args.output, model, optimizer, scheduler)
+    step = resume(args.output, model, optimizer, scheduler, args)
     metrics = open(args.output / "metrics.jsonl", "a") if dist.rank == 0 else None
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGUSR2, _on_signal)
@@ -278,8 +308,7 @@ def train(args: argparse.Namespace) -> int:
             save_checkpoint(args.output / f"checkpoint-{step}", model, optimizer, scheduler, step, args, dist, tokenizer)
         if _stop_requested:
             return INTERRUPTED_RC
-    if dist.rank == 0:
-        save_final(args.output, model, tokenizer, step, args)
+    save_final(args.output, model, tokenizer, step, args, dist)
     dist.barrier()
     return 0
 
@@ -287,11 +316,5 @@ def train(args: argparse.Namespace) -> int:
 @entry
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    if args.fsdp:
-        import torch
-
-        if not torch.cuda.is_available():
-            raise StageError("--fsdp needs CUDA GPUs", "drop fsdp for CPU runs (DDP over gloo is used)")
-        raise StageError("FSDP is not implemented in this release", "use DDP (fsdp: false) or the torchtune family")
     args.output.mkdir(parents=True, exist_ok=True)
     return train(args)

@@ -78,11 +78,8 @@ class SlurmScheduler:
             "job_name": job_name(request.run_id, request.stage), "use_srun": False, "stderr_to_stdout": True,
             "time": None, "nodes": res.nodes or 1, "additional_parameters": extra, "signal_delay_s": 120,
         }
-        for key in ("ntasks_per_node", "cpus_per_task", "gpus_per_node", "gres", "mem", "partition", "constraint",
-                    "account", "qos"):
-            value = getattr(res, key)
-            if value is not None:
-                params[key] = value
+        params.update(res.flag_values(("ntasks_per_node", "cpus_per_task", "gpus_per_node", "gres", "mem",
+                                       "partition", "constraint", "account", "qos")))
         if res.exclusive:
             params["exclusive"] = True
         if request.after:
