@@ -59,3 +59,15 @@ def downstream(parents: Mapping[str, Sequence[str]], roots: Iterable[str]) -> se
                 found.add(node)
                 changed = True
     return found
+
+
+def upstream(parents: Mapping[str, Sequence[str]], node: str) -> set[str]:
+    """Every stage that node waits for, directly or not."""
+    seen: set[str] = set()
+    todo = list(parents.get(node, []))
+    while todo:
+        current = todo.pop()
+        if current not in seen:
+            seen.add(current)
+            todo.extend(parents.get(current, []))
+    return seen

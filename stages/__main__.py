@@ -15,7 +15,9 @@ PROGRAMS = {
     "evaluate": "stages.evaluate",
     "inference": "stages.inference",
     "neuron-finetune": "stages.neuron_finetune",
+    "nxd-adapter": "stages.nxd_adapter",
     "upload": "stages.upload",
+    "tune-config": "stages.tune_config",
 }
 
 

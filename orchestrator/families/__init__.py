@@ -46,9 +46,9 @@ COMMAND_KIND = Kind(template="command/command.sh.j2")
 
 
 def registry() -> dict[str, Family]:
-    from orchestrator.families import command, hf, neuron
+    from orchestrator.families import command, hf, neuron, nxd, torchtune
 
-    return {f.name: f for f in (command.FAMILY, neuron.FAMILY, hf.FAMILY)}
+    return {f.name: f for f in (command.FAMILY, neuron.FAMILY, hf.FAMILY, torchtune.FAMILY, nxd.FAMILY)}
 
 
 def family_of(pipeline: Pipeline, stage: Stage) -> str:

@@ -139,7 +139,8 @@ def _context(settings: Any) -> dict[str, Any]:
     return {"pins": PINS[settings.sdk], "neuron_index": NEURON_INDEX, "compile_key": compile_cache_key}
 
 
-def _model_outputs(settings: Any, params: Any) -> list[str]:
+def model_outputs(settings: Any, params: Any) -> list[str]:
+    """What a Neuron download leaves (shared with the nxd family, which downloads the same way)."""
     return [f"model_artifacts/{settings.model_slug}/config.json", f"model_artifacts/{settings.model_slug}/manifest.json"]
 
 
@@ -148,7 +149,7 @@ FAMILY = Family(
     settings=NeuronSettings,
     kinds={
         "create_env": Kind("neuron/create_env.sh.j2"),
-        "download": Kind("neuron/download.sh.j2", DownloadParams, _model_outputs),
+        "download": Kind("neuron/download.sh.j2", DownloadParams, model_outputs),
         "compile": Kind("neuron/compile.sh.j2"),
         "finetune": Kind("neuron/finetune.sh.j2", outputs=lambda s, p: ["model_checkpoints"]),
         "consolidate": Kind("neuron/consolidate.sh.j2",

@@ -13,19 +13,12 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from tests.stages.test_stage_programs import DATA, stage
+from tests.stages.conftest import DATA, stage
 
 # Dropout off: every difference between two runs then comes from the code, not from random masks.
 ARGS = ["--data", str(DATA), "--batch-size", "4", "--seq-len", "128", "--lr", "1e-2", "--lora-r", "8",
         "--lora-alpha", "16", "--lora-dropout", "0", "--target-modules", "q_proj,v_proj,up_proj",
         "--max-steps", "6", "--save-steps", "3"]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    model = tmp_path_factory.mktemp("tiny") / "model"
-    stage("download", "--source", "tiny", "--dataset", str(DATA), "--output", str(model))
-    return model
 
 
 def torchrun(model: Path, output: Path, *extra: str) -> str:

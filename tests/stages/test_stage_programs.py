@@ -15,26 +15,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
+from tests.stages.conftest import DATA, stage
 
-DATA = REPO / "examples" / "data" / "dolly-tiny.jsonl"
 TRAIN = ["--data", str(DATA), "--batch-size", "8", "--seq-len", "128", "--lr", "1e-2", "--lora-r", "16",
          "--lora-alpha", "32", "--target-modules", "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"]
-
-
-def stage(*argv: str, check: bool = True, **kw) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    out = subprocess.run([sys.executable, "-m", "stages", *argv], capture_output=True, text=True, env=env,
-                         timeout=600, **kw)
-    if check and out.returncode != 0:
-        raise AssertionError(f"stages {argv[0]} failed ({out.returncode}):\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
-    return out
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    model = tmp_path_factory.mktemp("tiny") / "model"
-    stage("download", "--source", "tiny", "--dataset", str(DATA), "--output", str(model))
-    return model
 
 
 def test_download_tiny_writes_manifest(tiny):

@@ -1,0 +1,261 @@
+"""Trainium + neuronx-distributed (NxD) + PyTorch Lightning: tensor-parallel LoRA of seed 000 (stages.md 3).
+
+Render-only here (no Trainium), but every value the reference scripts got wrong comes from one settings block:
+- the converter's `--qkv_linear`/`--kv_size_multiplier` and the trainer's `--qkv_linear`/`--kv_replicator` are the
+  same two fields, `--hw_backend` is always passed and the shard count is checked (defect 11);
+- `type=bool` converter flags are emitted only when true (defect 10);
+- the four NxD LoRA save fields are all rendered from one `adapter_save_mode`, and the combination in which
+  `merge_sharded_lora=True` silently cancels `save_lora_base`/`merge_lora` is refused at validation (defect 12);
+- the NxD adapter is converted into a PEFT adapter by `python -m stages nxd-adapter` (defect 13).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, model_validator
+
+from orchestrator import dag, yamlsrc
+from orchestrator.families import Family, Kind, Params
+from orchestrator.families import Params as Strict
+from orchestrator.families.neuron import DownloadParams, model_outputs
+from orchestrator.spec import Pipeline, error_at, resolve_after
+
+# NeuronCores per node (one torchrun worker each) and the converter's --hw_backend, per instance type.
+INSTANCES: dict[str, tuple[int, str]] = {
+    "trn1.32xlarge": (32, "trn1"),
+    "trn1n.32xlarge": (32, "trn1"),
+    "trn2.48xlarge": (64, "trn2"),
+}
+
+# One pinned stack (Neuron SDK 2.28 wheels, stages.md 2.2, plus the tutorial's pins of stages.md 3.1); defect 20.
+# torch-neuronx goes first so that pip never resolves a CUDA torch for the later packages.
+PINS: dict[str, Any] = {
+    "python": "python3.10",
+    "first": ["torch-neuronx==2.8.0.2.12.22436", "neuronx-cc==2.23.6484.0"],
+    "then": ["neuronx-distributed==0.17.26814", "transformers==4.48.0", "datasets<=3.6.0", "lightning==2.4.0",
+             "pytorch-lightning==2.4.0", "peft==0.14.0", "blobfile", "tiktoken", "nltk", "safetensors",
+             "huggingface_hub<1.0"],
+}
+NEURON_INDEX = "https://pip.repos.neuron.amazonaws.com"
+
+# The four NxD LoraConfig save fields per mode (stages.md 3.4). merge_sharded_lora=True gathers the TP shards into
+# full tensors but forces save_lora_base/merge_lora to False, so it is only ever set in `adapter` mode.
+SAVE_MODES: dict[str, dict[str, bool]] = {
+    "adapter": {"save_lora_base": False, "merge_lora": False, "merge_sharded_lora": True,
+                "save_lora_config_adapter": False},
+    "base_and_lora": {"save_lora_base": True, "merge_lora": False, "merge_sharded_lora": False,
+                      "save_lora_config_adapter": False},
+    "merged": {"save_lora_base": True, "merge_lora": True, "merge_sharded_lora": False,
+               "save_lora_config_adapter": False},
+}
+PACKED_LEN = 2048  # the NxD PTL data module packs into 2048-token chunks whatever --seq_len says (defect 19)
+
+
+class NxdLora(Strict):
+    r: Annotated[int, Field(gt=0)] = 16
+    alpha: Annotated[int, Field(gt=0)] = 32
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    target_modules: Annotated[list[str], Field(min_length=1)] | None = Field(
+        None, description="default: qkv_proj when the attention projections are fused, else q_proj,v_proj,k_proj")
+
+
+class NxdSettings(Strict):
+    model_id: str = "meta-llama/Meta-Llama-3-8B"
+    instance_type: Literal["trn1.32xlarge", "trn1n.32xlarge", "trn2.48xlarge"] = "trn1.32xlarge"
+    nxd_examples_dir: str = Field("/fsx/ubuntu/neuronx-distributed/examples/training/llama",
+                                  description="NxD's examples/training/llama: convert_checkpoints.py, lightning/, ...")
+    model_config_path: str | None = Field(
+        None, description="NxD model config.json; default <nxd_examples_dir>/tp_zero1_llama_hf_pretrain/"
+                          "8B_config_llama3/config.json")
+    pretrained_ckpt: str | None = Field(None, description="an already converted NxD checkpoint (parent of "
+                                                          "pretrained_weight/); then the pipeline needs no convert")
+    tensor_parallel_size: Annotated[int, Field(gt=0)] = 32
+    pipeline_parallel_size: Literal[1] = Field(1, description="the PTL LoRA trainer has no pipeline parallelism")
+    num_kv_heads: Annotated[int, Field(gt=0)] = 8
+    qkv_linear: bool = True
+    kv_replicator: Annotated[int, Field(gt=0)] = 4
+    fuse_qkv: bool = False
+    lora: NxdLora = Field(default_factory=NxdLora)
+    adapter_save_mode: Literal["adapter", "base_and_lora", "merged"] = "adapter"
+    merge_sharded_lora: bool | None = Field(None, description="override; True only makes sense in `adapter` mode")
+    seq_len: Annotated[int, Field(gt=0)] = PACKED_LEN
+    micro_batch_size: Annotated[int, Field(gt=0)] = 1
+    global_batch_size: Annotated[int, Field(gt=0)] = 1
+    learning_rate: Annotated[float, Field(gt=0)] = 5e-4
+    warmup_steps: Annotated[int, Field(ge=0)] = 5
+    max_steps: Annotated[int, Field(gt=0)] = 20
+    seed: int = 12349
+    use_mix_precision: bool = False
+    data_dir: str = "databricks/databricks-dolly-15k"
+    task: str = "open_qa"
+    rdzv_port: Annotated[int, Field(gt=1023, lt=65536)] = 44000
+    root_comm_port: Annotated[int, Field(gt=1023, lt=65536)] = 48620
+    inflight_requests: Annotated[int, Field(gt=0)] = 3
+    malloc_arena_max: Annotated[int, Field(gt=0)] = 64
+
+    @model_validator(mode="after")
+    def _consistent(self) -> NxdSettings:
+        tp = self.tensor_parallel_size
+        if self.cores_per_node % tp:
+            raise ValueError(f"tensor_parallel_size {tp} does not divide the {self.cores_per_node} NeuronCores "
+                             f"of a {self.instance_type}")
+        if self.qkv_linear and self.num_kv_heads * self.kv_replicator != tp:
+            raise ValueError(f"with qkv_linear, num_kv_heads x kv_replicator must equal tensor_parallel_size: "
+                             f"{self.num_kv_heads} x {self.kv_replicator} != {tp} (use kv_replicator "
+                             f"{max(1, tp // self.num_kv_heads)})")
+        if not self.qkv_linear and self.kv_replicator != 1:
+            raise ValueError("kv_replicator only applies with qkv_linear: true; set it to 1")
+        if not self.config_json.endswith("/config.json"):
+            raise ValueError(f"model_config_path {self.config_json!r} must name a config.json: the trainer's "
+                             "--model_path is its folder")
+        if self.seq_len != PACKED_LEN:
+            raise ValueError(f"seq_len {self.seq_len}: the NxD Lightning data module packs every sample into "
+                             f"{PACKED_LEN}-token chunks whatever --seq_len says, so seq_len must be {PACKED_LEN}")
+        fused = {"qkv_proj"}
+        split = {"q_proj", "k_proj", "v_proj"}
+        wrong = set(self.target_modules) & (split if self.fused_attention else fused)
+        if wrong:
+            raise ValueError(f"lora.target_modules {sorted(wrong)} do not exist in the NxD model when the attention "
+                             f"projections are {'fused (qkv_proj)' if self.fused_attention else 'separate'}")
+        if self.merge_sharded_lora and self.adapter_save_mode != "adapter":
+            raise ValueError(f"merge_sharded_lora: true silently forces save_lora_base and merge_lora to false, "
+                             f"which contradicts adapter_save_mode {self.adapter_save_mode!r}")
+        return self
+
+    @property
+    def cores_per_node(self) -> int:
+        return INSTANCES[self.instance_type][0]
+
+    @property
+    def hw_backend(self) -> str:
+        return INSTANCES[self.instance_type][1]
+
+    @property
+    def tp(self) -> int:
+        return self.tensor_parallel_size
+
+    @property
+    def pp(self) -> int:
+        return self.pipeline_parallel_size
+
+    @property
+    def kv_size_multiplier(self) -> int:
+        """The converter's name for the trainer's --kv_replicator: one field feeds both (defect 11)."""
+        return self.kv_replicator
+
+    @property
+    def fused_attention(self) -> bool:
+        return self.qkv_linear or self.fuse_qkv
+
+    @property
+    def target_modules(self) -> list[str]:
+        if self.lora.target_modules is not None:
+            return list(self.lora.target_modules)
+        return ["qkv_proj"] if self.fused_attention else ["q_proj", "v_proj", "k_proj"]
+
+    @property
+    def save_fields(self) -> dict[str, bool]:
+        fields = dict(SAVE_MODES[self.adapter_save_mode])
+        if self.merge_sharded_lora is not None:
+            fields["merge_sharded_lora"] = self.merge_sharded_lora
+        return fields
+
+    @property
+    def lora_config(self) -> dict[str, Any]:
+        """Every NxD LoraConfig field the trainer gets, rendered explicitly (its own are hard-coded)."""
+        return {"enable_lora": True, "lora_rank": self.lora.r, "lora_alpha": self.lora.alpha,
+                "lora_dropout": self.lora.dropout, "bias": "none", "lora_verbose": True,
+                "target_modules": self.target_modules, "lora_save_dir": "lora_adapter", **self.save_fields}
+
+    @property
+    def model_slug(self) -> str:
+        return self.model_id.rstrip("/").split("/")[-1]
+
+    @property
+    def config_json(self) -> str:
+        return self.model_config_path or f"{self.nxd_examples_dir}/tp_zero1_llama_hf_pretrain/8B_config_llama3/config.json"
+
+    @property
+    def converted_dir(self) -> str:
+        """Relative to the workdir; named by everything that shapes the shards, so a change never reuses old ones."""
+        qkv = f"-qkvlinear-kv{self.kv_size_multiplier}" if self.qkv_linear else ""
+        return f"nxd_checkpoints/{self.model_slug}-tp{self.tp}-pp{self.pp}{qkv}{'-fused' if self.fuse_qkv else ''}"
+
+    def data_parallel(self, nodes: int) -> int:
+        return nodes * self.cores_per_node // (self.tp * self.pp)
+
+    def grad_accum(self, nodes: int) -> int:
+        return max(1, self.global_batch_size // (self.micro_batch_size * self.data_parallel(nodes)))
+
+
+class InferenceParams(Params):
+    prompts: list[str] = ["Who are you?"]
+    system_prompt: str | None = None
+    max_new_tokens: Annotated[int, Field(gt=0)] = 128
+    temperature: Annotated[float, Field(ge=0)] = 0.0
+
+
+def _ours(pipeline: Pipeline) -> dict[str, int]:
+    return {s.kind: i for i, s in enumerate(pipeline.stages) if (s.family or pipeline.family) == "nxd"}
+
+
+def _ancestors(pipeline: Pipeline, name: str) -> set[str]:
+    return dag.upstream(resolve_after(pipeline.stages), name)
+
+
+def _check(source: yamlsrc.Located, pipeline: Pipeline, settings: Any) -> None:
+    kinds = _ours(pipeline)
+    if not kinds:
+        return
+    assert isinstance(settings, NxdSettings)
+    if pipeline.venv is None:
+        raise error_at(source, (), "the nxd family needs `venv:` (the environment every stage activates)",
+                       "e.g. venv: /fsx/ubuntu/nxd_lora/env_nxd")
+    if "finetune" in kinds:
+        index = kinds["finetune"]
+        if "convert" not in kinds and settings.pretrained_ckpt is None:
+            raise error_at(source, ("stages", index), "finetune needs a converted NxD checkpoint: add a `convert` "
+                           "stage before it, or set settings.pretrained_ckpt")
+        if "convert" in kinds:
+            convert = pipeline.stages[kinds["convert"]].name
+            if convert not in _ancestors(pipeline, pipeline.stages[index].name):
+                raise error_at(source, ("stages", index), f"finetune does not wait for {convert!r}, whose shards it "
+                               "loads", f"add {convert!r} to its `after:`")
+        nodes = pipeline.stages[index].resources.nodes or 1
+        dp = settings.data_parallel(nodes)
+        if settings.global_batch_size % (settings.micro_batch_size * dp):
+            raise error_at(source, ("settings", "global_batch_size"),
+                           f"global_batch_size {settings.global_batch_size} is not a multiple of micro_batch_size "
+                           f"{settings.micro_batch_size} x data parallel {dp} ({nodes} node(s) x "
+                           f"{settings.cores_per_node} cores / TP {settings.tp} / PP {settings.pp})")
+    if "convert" in kinds and settings.pretrained_ckpt is not None:
+        raise error_at(source, ("settings", "pretrained_ckpt"), "pretrained_ckpt is set but the pipeline also "
+                       "converts a checkpoint: finetune would load only one of them", "drop one of the two")
+    if "export_adapter" in kinds and settings.adapter_save_mode != "adapter":
+        raise error_at(source, ("stages", kinds["export_adapter"]),
+                       f"export_adapter needs adapter_save_mode: adapter, not {settings.adapter_save_mode!r} "
+                       "(only that mode gathers the TP-sharded LoRA into full tensors)")
+
+
+def _context(settings: Any) -> dict[str, Any]:
+    assert isinstance(settings, NxdSettings)
+    return {"pins": PINS, "neuron_index": NEURON_INDEX}
+
+
+FAMILY = Family(
+    name="nxd",
+    settings=NxdSettings,
+    kinds={
+        "create_env": Kind("nxd/create_env.sh.j2"),
+        "download": Kind("nxd/download.sh.j2", DownloadParams, model_outputs),
+        "convert": Kind("nxd/convert.sh.j2", outputs=lambda s, p: [f"{s.converted_dir}/pretrained_weight/model"]),
+        "finetune": Kind("nxd/finetune.sh.j2", outputs=lambda s, p: ["nxd_finetune/lora_adapter/lora/done"]),
+        "export_adapter": Kind("nxd/export_adapter.sh.j2", outputs=lambda s, p: [
+            "adapter_peft/adapter_config.json", "adapter_peft/adapter_model.safetensors"]),
+        "merge": Kind("nxd/merge.sh.j2", outputs=lambda s, p: ["final_model_output/config.json"]),
+        "inference": Kind("nxd/inference.sh.j2", InferenceParams, lambda s, p: ["reports/inference.json"]),
+    },
+    check=_check,
+    context=_context,
+)

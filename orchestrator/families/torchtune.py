@@ -1,0 +1,280 @@
+"""GPU + torchtune: seed 002 (Llama 3 70B full fine-tune, LoRA, evaluate, quantize, generate) on Slurm.
+
+Every torchtune config is rendered from these settings with the component paths of the pinned release
+(stages.md 4.1: the 2024 configs name `torchtune.utils.*` paths that no longer exist, torchtune#1990), written
+into the run directory with the paths known only at run time merged in, checked with `tune validate`, then
+run. Paths that torchtune removed are rejected when the spec is validated, before anything is submitted.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator
+
+from orchestrator import dag, yamlsrc
+from orchestrator.families import Family, Kind, Params
+from orchestrator.families import Params as Strict
+from orchestrator.spec import Pipeline, error_at, resolve_after
+
+# Pinned (stages.md defect 20; torchtune#2883: development has wound down, v0.6.1 is the last release).
+PINS = ["torchtune==0.6.1", "torchao==0.10.0", "lm_eval==0.4.8", "omegaconf", "pyyaml"]
+
+# Old component path -> the current one (stages.md 4.1).
+RENAMED = {
+    "torchtune.utils.FullModelHFCheckpointer": "torchtune.training.FullModelHFCheckpointer",
+    "torchtune.utils.metric_logging.WandBLogger": "torchtune.training.metric_logging.WandBLogger",
+    "torchtune.utils.metric_logging.DiskLogger": "torchtune.training.metric_logging.DiskLogger",
+    "torchtune.modules.get_cosine_schedule_with_warmup":
+        "torchtune.training.lr_schedulers.get_cosine_schedule_with_warmup",
+    "torchtune.utils.quantization.Int4WeightOnlyQuantizer": "torchtune.training.quantization.Int4WeightOnlyQuantizer",
+    # stages.md names LinearCrossEntropyLoss: that is torchtune main after 0.6.1; the pinned release has this one.
+    "torch.nn.CrossEntropyLoss": "torchtune.modules.loss.CEWithChunkedOutputLoss",
+}
+
+# model setting -> (module, full builder, LoRA builder)
+MODELS: dict[str, tuple[str, str, str]] = {
+    "llama3_8b": ("torchtune.models.llama3", "llama3_8b", "lora_llama3_8b"),
+    "llama3_70b": ("torchtune.models.llama3", "llama3_70b", "lora_llama3_70b"),
+    "llama3_1_8b": ("torchtune.models.llama3_1", "llama3_1_8b", "lora_llama3_1_8b"),
+    "llama3_1_70b": ("torchtune.models.llama3_1", "llama3_1_70b", "lora_llama3_1_70b"),
+    "llama3_3_70b": ("torchtune.models.llama3_3", "llama3_3_70b", "lora_llama3_3_70b"),
+}
+DATASETS = ("alpaca_dataset", "alpaca_cleaned_dataset", "wikitext_dataset", "slimorca_dataset", "samsum_dataset",
+            "grammar_dataset", "chat_dataset", "instruct_dataset", "text_completion_dataset")
+ATTN_MODULES = ("q_proj", "k_proj", "v_proj", "output_proj")
+
+
+class TuneLora(Strict):
+    rank: Annotated[int, Field(gt=0)] = 16
+    alpha: Annotated[float, Field(gt=0)] = 32
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    attn_modules: Annotated[list[Literal["q_proj", "k_proj", "v_proj", "output_proj"]], Field(min_length=1)] = [
+        "q_proj", "k_proj", "v_proj"]
+    apply_to_mlp: bool = False
+    apply_to_output: bool = False
+
+
+class TuneSettings(Strict):
+    model_id: str = Field("meta-llama/Meta-Llama-3-70B", description="Hub repo `tune download` fetches")
+    model: Literal["llama3_8b", "llama3_70b", "llama3_1_8b", "llama3_1_70b", "llama3_3_70b"] = "llama3_70b"
+    pins: list[str] = Field(default_factory=lambda: list(PINS), description="pip pins of the torchtune env")
+    dataset: str = Field("alpaca_dataset", description="a torchtune.datasets builder")
+    dataset_args: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    nproc_per_node: Annotated[int, Field(gt=0, le=64)] = 8
+    rdzv_port: Annotated[int, Field(gt=1023, lt=65536)] = 29500
+    seed: int = 1234
+    dtype: Literal["bf16", "fp32"] = "bf16"
+    max_seq_len: Annotated[int, Field(gt=0)] = 4096
+    epochs: Annotated[int, Field(gt=0)] = 1
+    max_steps_per_epoch: Annotated[int, Field(gt=0)] | None = None
+    batch_size: Annotated[int, Field(gt=0)] = 2
+    gradient_accumulation_steps: Annotated[int, Field(gt=0)] = 1
+    full_lr: Annotated[float, Field(gt=0)] = 2e-5
+    lora_lr: Annotated[float, Field(gt=0)] = 3e-4
+    weight_decay: Annotated[float, Field(ge=0)] = 0.01
+    warmup_steps: Annotated[int, Field(ge=0)] = 100
+    activation_checkpointing: bool = True
+    fsdp_cpu_offload: bool = True
+    lora: TuneLora = Field(default_factory=TuneLora)
+    metric_logger: Literal["disk", "wandb"] = Field("disk", description="wandb needs a WANDB_API_KEY secret")
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, value: str) -> str:
+        if value not in DATASETS:
+            raise ValueError(f"{value!r} is not a torchtune.datasets builder of torchtune 0.6 "
+                             f"(known: {', '.join(DATASETS)})")
+        return value
+
+    @property
+    def builders(self) -> tuple[str, str, str]:
+        return MODELS[self.model]
+
+
+class FinetuneParams(Params):
+    method: Literal["lora", "full"] = "lora"
+
+
+class EvaluateParams(Params):
+    source: str | None = Field(None, description="the finetune stage whose newest epoch is evaluated")
+    tasks: Annotated[list[str], Field(min_length=1)] = ["truthfulqa_mc2"]
+    limit: Annotated[int, Field(gt=0)] | None = None
+    batch_size: Annotated[int, Field(gt=0)] = 8
+    device: Literal["cuda", "cpu"] = "cuda"  # stages.md defect 22: the seed ran 70B evaluation on CPU
+    min_score: Annotated[float, Field(ge=0, le=1)] | None = Field(
+        None, description="fail the stage when the first task's acc is below this")
+
+
+class QuantizeParams(Params):
+    source: str | None = None
+    groupsize: Annotated[int, Field(gt=0)] = 256
+    device: Literal["cuda", "cpu"] = "cuda"
+
+
+class GenerateParams(Params):
+    source: str | None = Field(None, description="a finetune stage, or `base` for the downloaded model")
+    prompt: str = "Hello, my name is"
+    system: str | None = None
+    max_new_tokens: Annotated[int, Field(gt=0)] = 300
+    temperature: Annotated[float, Field(ge=0)] = 0.6
+    top_k: Annotated[int, Field(gt=0)] = 300
+
+
+USES_SOURCE = ("evaluate", "quantize", "generate")
+
+
+def _check(source: yamlsrc.Located, pipeline: Pipeline, settings: Any) -> None:
+    """`source` must name a finetune stage this stage waits for (directly or not), or be implied by there being
+    exactly one; otherwise the stage could run before the checkpoint it reads exists."""
+    mine = [(i, s) for i, s in enumerate(pipeline.stages) if (s.family or pipeline.family) == "torchtune"]
+    finetunes = [s.name for _, s in mine if s.kind == "finetune"]
+    methods: dict[str, str] = {}
+    for index, stage in mine:
+        if stage.kind == "finetune":
+            method = str(stage.params.get("method", "lora"))
+            if method in methods:
+                raise error_at(source, ("stages", index, "params", "method"),
+                               f"{stage.name!r} and {methods[method]!r} are both {method} finetunes and would write "
+                               f"the same tuned/{method}/ directory", "keep one finetune per method")
+            methods[method] = stage.name
+    parents = resolve_after(pipeline.stages)
+    for index, stage in mine:
+        if stage.kind not in USES_SOURCE:
+            continue
+        named = stage.params.get("source")
+        if named == "base" and stage.kind == "generate":
+            continue
+        if named is None:
+            if len(finetunes) != 1:
+                raise error_at(source, ("stages", index, "params"),
+                               f"{stage.kind} stage {stage.name!r} must say which finetune it reads: "
+                               f"{len(finetunes)} finetune stages", f"add params: {{source: <one of {finetunes}>}}")
+            named = finetunes[0]
+        elif named not in finetunes:
+            raise error_at(source, ("stages", index, "params", "source"),
+                           f"{named!r} is not a torchtune finetune stage of this pipeline",
+                           f"finetune stages: {', '.join(finetunes) or 'none'}")
+        if named not in dag.upstream(parents, stage.name):
+            raise error_at(source, ("stages", index), f"{stage.name!r} reads {named!r} but does not wait for it",
+                           f"add after: [{named}]")
+
+
+def component_paths(text: str) -> list[str]:
+    """Every `_component_` value in a rendered config (the tests check none is a removed path)."""
+    return re.findall(r'"_component_": "([^"]+)"', text)
+
+
+def _component(path: str, **args: Any) -> dict[str, Any]:
+    return {"_component_": path, **args}
+
+
+def _model(settings: TuneSettings, lora: bool) -> dict[str, Any]:
+    module, full, lora_builder = settings.builders
+    if not lora:
+        return _component(f"{module}.{full}")
+    return _component(f"{module}.{lora_builder}", lora_attn_modules=list(settings.lora.attn_modules),
+                      apply_lora_to_mlp=settings.lora.apply_to_mlp, apply_lora_to_output=settings.lora.apply_to_output,
+                      lora_rank=settings.lora.rank, lora_alpha=settings.lora.alpha, lora_dropout=settings.lora.dropout)
+
+
+def _common(settings: TuneSettings) -> dict[str, Any]:
+    """What every recipe shares. Paths known only at run time (checkpoint_dir, checkpoint_files, output_dir,
+    tokenizer path) are merged in by `python -m stages tune-config` from the files actually present."""
+    return {
+        "tokenizer": _component("torchtune.models.llama3.llama3_tokenizer", max_seq_len=settings.max_seq_len),
+        "checkpointer": _component("torchtune.training.FullModelHFCheckpointer", model_type="LLAMA3",
+                                   recipe_checkpoint=None),
+        "seed": settings.seed,
+        "dtype": settings.dtype,
+    }
+
+
+def finetune_config(settings: TuneSettings, params: FinetuneParams) -> dict[str, Any]:
+    lora = params.method == "lora"
+    logger = ("torchtune.training.metric_logging.WandBLogger" if settings.metric_logger == "wandb"
+              else "torchtune.training.metric_logging.DiskLogger")
+    return {
+        **_common(settings),
+        "model": _model(settings, lora),
+        "resume_from_checkpoint": False,
+        "save_adapter_weights_only": False,
+        "dataset": _component(f"torchtune.datasets.{settings.dataset}", packed=False, **settings.dataset_args),
+        "shuffle": True,
+        "batch_size": settings.batch_size,
+        "epochs": settings.epochs,
+        "max_steps_per_epoch": settings.max_steps_per_epoch,
+        "gradient_accumulation_steps": settings.gradient_accumulation_steps,
+        "optimizer": _component("torch.optim.AdamW", lr=settings.lora_lr if lora else settings.full_lr,
+                                weight_decay=settings.weight_decay if lora else 0.0, fused=True),
+        **({"lr_scheduler": _component("torchtune.training.lr_schedulers.get_cosine_schedule_with_warmup",
+                                       num_warmup_steps=settings.warmup_steps)} if lora else {}),
+        "loss": _component("torchtune.modules.loss.CEWithChunkedOutputLoss"),
+        "clip_grad_norm": None,
+        "compile": False,
+        "device": "cuda",
+        "enable_activation_checkpointing": settings.activation_checkpointing,
+        "enable_activation_offloading": False,
+        "fsdp_cpu_offload": settings.fsdp_cpu_offload,
+        **({} if lora else {"custom_sharded_layers": ["tok_embeddings", "output"], "optimizer_in_bwd": False}),
+        "metric_logger": _component(logger),
+        "log_every_n_steps": 1,
+        "log_peak_memory_stats": True,
+    }
+
+
+def evaluate_config(settings: TuneSettings, params: EvaluateParams) -> dict[str, Any]:
+    return {**_common(settings), "model": _model(settings, lora=False), "tasks": list(params.tasks),
+            "limit": params.limit, "max_seq_length": settings.max_seq_len, "batch_size": params.batch_size,
+            "device": params.device, "enable_kv_cache": True, "quantizer": None}
+
+
+def quantize_config(settings: TuneSettings, params: QuantizeParams) -> dict[str, Any]:
+    return {**_common(settings), "model": _model(settings, lora=False), "device": params.device,
+            "quantizer": _component("torchtune.training.quantization.Int4WeightOnlyQuantizer",
+                                    groupsize=params.groupsize)}
+
+
+def generate_config(settings: TuneSettings, params: GenerateParams) -> dict[str, Any]:
+    return {**_common(settings), "model": _model(settings, lora=False), "device": "cuda",
+            "prompt": {"system": params.system, "user": params.prompt}, "max_new_tokens": params.max_new_tokens,
+            "temperature": params.temperature, "top_k": params.top_k, "enable_kv_cache": True, "quantizer": None}
+
+
+CONFIGS: dict[str, Callable[[TuneSettings, Any], dict[str, Any]]] = {"finetune": finetune_config, "evaluate": evaluate_config, "quantize": quantize_config,
+           "generate": generate_config}
+RECIPES = {"full": "full_finetune_distributed", "lora": "lora_finetune_distributed", "evaluate": "eleuther_eval",
+           "quantize": "quantize", "generate": "generate"}
+
+
+def _context(settings: Any) -> dict[str, Any]:
+    assert isinstance(settings, TuneSettings)
+
+    def config(kind: str, params: Any) -> str:
+        # JSON is YAML: one quoted scalar per value, so nothing in it is ever read by the shell (heredoc 'EOF').
+        return json.dumps(CONFIGS[kind](settings, params), indent=2)
+
+    return {"tune_config": config, "recipes": RECIPES, "pins": settings.pins}
+
+
+def _epoch_dir(settings: Any, params: Any) -> list[str]:
+    return [f"tuned/{params.method}/epoch_{settings.epochs - 1}"]
+
+
+FAMILY = Family(
+    name="torchtune",
+    settings=TuneSettings,
+    kinds={
+        "create_env": Kind("torchtune/create_env.sh.j2"),
+        "download": Kind("torchtune/download.sh.j2", outputs=lambda s, p: ["model/config.json"]),
+        "finetune": Kind("torchtune/finetune.sh.j2", FinetuneParams, _epoch_dir),
+        "evaluate": Kind("torchtune/evaluate.sh.j2", EvaluateParams),
+        "quantize": Kind("torchtune/quantize.sh.j2", QuantizeParams),
+        "generate": Kind("torchtune/generate.sh.j2", GenerateParams),
+    },
+    check=_check,
+    context=_context,
+)

@@ -1,0 +1,113 @@
+"""The torchtune family (seed 002): golden scripts, the DAG, the seed's defects fixed, and spec errors."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from orchestrator import plan, spec
+from orchestrator.errors import SpecError
+from orchestrator.families import torchtune
+from tests.conftest import REPO
+
+EXAMPLE = REPO / "examples" / "llama3-70b-torchtune-p5.yaml"
+GOLDEN = REPO / "tests" / "golden" / "llama3-70b-torchtune-p5"
+UPDATE = os.environ.get("PIPELINE_UPDATE_GOLDEN") == "1"
+
+
+def built() -> plan.Plan:
+    return plan.build(spec.load(EXAMPLE))
+
+
+def test_example_matches_golden_files():
+    for stage in built().stages:
+        golden = GOLDEN / f"{stage.name}.sh"
+        if UPDATE:
+            golden.parent.mkdir(parents=True, exist_ok=True)
+            golden.write_text(stage.script)
+        assert stage.script == golden.read_text(), f"{stage.name}.sh differs; PIPELINE_UPDATE_GOLDEN=1 if intended"
+
+
+def test_evaluate_and_quantize_both_follow_the_lora_finetune():
+    parents = {s.name: s.after for s in built().stages}
+    assert parents["evaluate"] == ("lora",) and parents["quantize"] == ("lora",)
+    assert parents["full"] == ("download",) and parents["lora"] == ("download",)  # the two finetunes run side by side
+
+
+def test_scripts_fix_the_seed_defects():
+    scripts = {s.name: s.script for s in built().stages}
+    for name, text in scripts.items():
+        assert text.startswith("#!/usr/bin/env bash\n"), name  # defect 5
+        assert "HF_TOKEN" not in text.replace("HF_TOKEN from the environment", ""), name  # defect 3
+        assert "WANDB_API_KEY" not in text, name
+        if name != "create_env":
+            assert "source /fsx/ubuntu/torchtune-llama3-70b/venv/bin/activate" in text, name  # defect 4
+        for old in torchtune.RENAMED:
+            assert f'"{old}"' not in text, (name, old)  # removed component paths (defect 20, torchtune#1990)
+        if "tune run" in text:
+            assert text.index("tune validate") < text.index("tune run"), name  # configs checked before the GPUs
+    assert "torchtune==0.6.1" in scripts["create_env"] and "pip freeze" in scripts["create_env"]  # pinned, recorded
+    lora = scripts["lora"]
+    code = "\n".join(line for line in lora.splitlines() if not line.lstrip().startswith("#"))
+    assert code.count("--nnodes") == 1 and "--rdzv_endpoint=\"$PIPELINE_HEAD_ADDR:$PIPELINE_RDZV_PORT\"" in lora  # 9
+    assert "--ntasks-per-node=1" in lora and "lora_finetune_distributed" in lora
+    assert "full_finetune_distributed" in scripts["full"]
+    # Evaluation and quantization read the newest epoch found at run time, on the GPU (defects 1, 21, 22).
+    for name in ("evaluate", "quantize", "generate"):
+        assert 'SOURCE_DIR="$WORKDIR/tuned/lora"' in scripts[name] and "epoch_*" in scripts[name]
+    assert '"device": "cuda"' in scripts["evaluate"] and '"device": "cuda"' in scripts["quantize"]
+    assert "hf_model_" not in "".join(scripts.values())  # no hand-written shard lists
+
+
+def test_component_paths_are_the_pinned_releases():
+    known = {"torch.optim.AdamW", *torchtune.RENAMED.values(), "torchtune.models.llama3.llama3_tokenizer",
+             "torchtune.models.llama3.llama3_70b", "torchtune.models.llama3.lora_llama3_70b",
+             "torchtune.datasets.alpaca_dataset"}
+    found = {path for s in built().stages for path in torchtune.component_paths(s.script)}
+    assert found and found <= known, found - known
+
+
+@pytest.mark.parametrize("stages,key,message", [
+    ("""
+  - {name: download, kind: download}
+  - {name: ft, kind: finetune}
+  - {name: evaluate, kind: evaluate, params: {source: nope}}""", "source", "'nope' is not a torchtune finetune"),
+    ("""
+  - {name: download, kind: download}
+  - {name: ft, kind: finetune}
+  - {name: quantize, kind: quantize, after: [download], params: {source: ft}}""", "stages", "does not wait for it"),
+    ("""
+  - {name: download, kind: download}
+  - {name: a, kind: finetune}
+  - {name: b, kind: finetune, after: [download]}""", "method", "would write the same tuned/lora/"),
+    ("""
+  - {name: download, kind: download}
+  - {name: a, kind: finetune}
+  - {name: b, kind: finetune, after: [download], params: {method: full}}
+  - {name: g, kind: generate, after: [a, b]}""", "params", "must say which finetune it reads"),
+])
+def test_bad_dags_name_the_key(write_spec, stages, key, message):
+    path = write_spec(f"name: tt\nfamily: torchtune\nvenv: /v\nstages:{stages}\n")
+    with pytest.raises(SpecError) as err:
+        spec.load(path)
+    text = str(err.value)
+    assert message in text and key in text and f"{path}:" in text
+
+
+def test_removed_dataset_builder_is_rejected(write_spec):
+    path = write_spec("name: tt\nfamily: torchtune\nvenv: /v\nsettings: {dataset: wikitext}\n"
+                      "stages:\n  - {name: download, kind: download}\n")
+    with pytest.raises(SpecError, match="not a torchtune.datasets builder"):
+        spec.load(path)
+
+
+def test_hostile_prompt_stays_inside_the_config(write_spec):
+    prompt = "x\nPIPELINE_TUNE_CONFIG\ntouch /tmp/MARKER $(id) `id` ';"
+    path = write_spec("name: tt\nfamily: torchtune\nvenv: /v\nstages:\n  - {name: download, kind: download}\n"
+                      "  - {name: ft, kind: finetune}\n"
+                      f"  - {{name: g, kind: generate, params: {{prompt: {prompt!r}}}}}\n".replace("\\n", "\\n"))
+    script = {s.name: s.script for s in plan.build(spec.load(path)).stages}["g"]
+    body = script.split("<<'PIPELINE_TUNE_CONFIG'\n", 1)[1]
+    config, rest = body.split("\nPIPELINE_TUNE_CONFIG\n", 1)
+    assert "touch /tmp/MARKER" in config and "touch" not in rest  # JSON-escaped: the heredoc cannot be closed early
