@@ -9,6 +9,7 @@ PROGRAMS = {
     "make-tiny": "stages.tiny",
     "download": "stages.download",
     "prepare-data": "stages.data",
+    "fetch-data": "stages.fetch_data",
     "finetune": "stages.finetune",
     "consolidate": "stages.consolidate",
     "merge": "stages.merge",

@@ -25,13 +25,14 @@ def token(token_file: Path | None) -> str | None:
     return os.environ.get("HF_TOKEN") or None
 
 
-def from_hub(repo_id: str, output: Path, patterns: list[str], hf_token: str | None) -> None:
+def from_hub(repo_id: str, output: Path, patterns: list[str], hf_token: str | None, repo_type: str = "model") -> None:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
     try:
         # Resumable: files already complete in local_dir are not fetched again.
-        snapshot_download(repo_id, local_dir=output, allow_patterns=patterns or None, token=hf_token)
+        snapshot_download(repo_id, repo_type=repo_type, local_dir=output, allow_patterns=patterns or None,
+                          token=hf_token)
     except GatedRepoError:
         raise StageError(f"{repo_id} is gated and {'the token has no access' if hf_token else 'no HF_TOKEN is set'}",
                          "accept the licence on the Hub and give the pipeline a token (secrets: HF_TOKEN)") from None

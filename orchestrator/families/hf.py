@@ -5,9 +5,10 @@ Stages call the programs in stages/ (`python -m stages <name>`); torchrun provid
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from orchestrator.families import Family, Kind, Params
 from orchestrator.families import Params as Strict
@@ -22,7 +23,11 @@ class HfLora(Strict):
 
 class HfSettings(Strict):
     model_source: str = Field("tiny", description="tiny | hf://<repo> | s3://bucket/prefix | a local path")
-    data: str = Field("examples/data/dolly-tiny.jsonl", description="JSONL file; relative paths: the spec's folder")
+    data: str = Field("examples/data/dolly-tiny.jsonl",
+                      description="JSONL file (relative paths: the spec's folder), hf://datasets/<owner>/<name> "
+                                  "or s3://bucket/prefix; remote data is fetched and validated by the download stage")
+    data_files: list[str] = Field(default_factory=list,
+                                  description="globs of the files of a remote dataset to use (default: its training split)")
     format: Literal["dolly", "chat"] = "dolly"
     method: Literal["lora", "qlora", "full"] = "lora"
     lora: HfLora = Field(default_factory=HfLora)
@@ -40,6 +45,17 @@ class HfSettings(Strict):
     nproc_per_node: Annotated[int, Field(gt=0)] = 1
     fsdp: bool = False
     rdzv_port: Annotated[int, Field(gt=1023, lt=65536)] = 29500
+
+    @field_validator("data")
+    @classmethod
+    def _data_source(cls, value: str) -> str:
+        if value.startswith("hf://") and not re.fullmatch(r"hf://datasets/[\w.-]+/[\w.-]+/?", value):
+            raise ValueError(f"{value!r}: a Hub dataset is hf://datasets/<owner>/<name>")
+        return value
+
+    @property
+    def remote_data(self) -> bool:
+        return self.data.startswith(("hf://", "s3://"))
 
 
 class EvaluateParams(Params):
@@ -61,7 +77,8 @@ FAMILY = Family(
     name="hf",
     settings=HfSettings,
     kinds={
-        "download": Kind("hf/download.sh.j2", outputs=lambda s, p: ["model/config.json", "model/manifest.json"]),
+        "download": Kind("hf/download.sh.j2", outputs=lambda s, p: [
+            "model/config.json", "model/manifest.json", *(["data/dataset.jsonl"] if s.remote_data else [])]),
         "finetune": Kind("hf/finetune.sh.j2", outputs=lambda s, p: ["checkpoints/final"]),
         "consolidate": Kind("hf/consolidate.sh.j2", outputs=lambda s, p: ["adapter/adapter_config.json"]),
         "merge": Kind("hf/merge.sh.j2", outputs=lambda s, p: ["merged/config.json"]),

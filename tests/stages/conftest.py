@@ -15,8 +15,9 @@ from tests.conftest import REPO
 DATA = REPO / "examples" / "data" / "dolly-tiny.jsonl"
 
 
-def stage(*argv: str, check: bool = True, **kw: Any) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+def stage(*argv: str, check: bool = True, env: dict[str, str] | None = None,
+          **kw: Any) -> subprocess.CompletedProcess[str]:
+    env = {**(os.environ if env is None else env), "PYTHONPATH": str(REPO)}
     out = subprocess.run([sys.executable, "-m", "stages", *argv], capture_output=True, text=True, env=env,
                          timeout=600, **kw)
     if check and out.returncode != 0:
