@@ -1,10 +1,19 @@
 """evaluate: held-out loss, perplexity and exact match of a model (optionally vs a base), with a verdict:
-exit 3 when the tuned model's loss is not below base * --max-loss-ratio (stages.md defect 16)."""
+exit 3 when the tuned model's loss is not below base * --max-loss-ratio (stages.md defect 16).
+
+Optionally (--lm-eval-tasks) also runs lm-evaluation-harness tasks on the evaluated model, offline, and adds
+their metrics to the report under "lm_eval"; they are reported, never part of the verdict."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import math
+import numbers
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +21,8 @@ from stages import data as datalib
 from stages.common import StageError, entry, log, require_model_dir, write_json
 
 WORSE_RC = 3
+# The release whose Python API (simple_evaluate, TaskManager, results layout) this program is written against.
+LM_EVAL_PIN = "lm_eval==0.4.8"
 
 
 def measure(model_dir: Path, args: argparse.Namespace, adapter: Path | None = None) -> dict[str, Any]:
@@ -51,6 +62,142 @@ def measure(model_dir: Path, args: argparse.Namespace, adapter: Path | None = No
             "perplexity": math.exp(min(loss, 50)), "exact_match": exact / max(1, min(len(held_out), args.exact_match_rows))}
 
 
+@dataclass(frozen=True)
+class LmEval:
+    """lm_eval, imported and with its tasks resolved, before any model is loaded (a typo fails in seconds)."""
+
+    module: Any  # the lm_eval package
+    task_manager: Any  # lm_eval.tasks.TaskManager
+    tasks: list[str]
+    include_path: Path | None
+
+
+def prepare_lm_eval(args: argparse.Namespace) -> LmEval | None:
+    if not args.lm_eval_tasks:
+        return None
+    include = args.lm_eval_include_path.resolve() if args.lm_eval_include_path is not None else None
+    if include is not None and not include.is_dir():
+        raise StageError(f"{include}: --lm-eval-include-path is not a directory of lm_eval task YAMLs")
+    # Jobs must not reach the network (compute nodes often cannot, and a silent download would change what is
+    # measured). Set before lm_eval/datasets are imported and before measure() imports transformers, because
+    # huggingface_hub and datasets read these variables once, at import time.
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    try:
+        import lm_eval
+        from lm_eval.tasks import TaskManager
+    except ImportError as exc:
+        raise StageError(f"--lm-eval-tasks needs lm-evaluation-harness, which is not importable ({exc})",
+                         f"pip install {LM_EVAL_PIN}   (the project's `eval` extra)") from None
+    tasks = list(dict.fromkeys(args.lm_eval_tasks))  # a task named twice would be evaluated twice
+    manager = None
+    if include is not None:
+        # Indexing lm_eval's ~7000 built-in task YAMLs takes 15-30 s; skip it when every requested name is a
+        # plain task of the include folder (a group may name built-in subtasks: groups get the full index).
+        local = TaskManager(include_path=str(include), include_defaults=False)
+        if set(tasks) <= set(local.all_subtasks):
+            manager = local
+    if manager is None:
+        manager = TaskManager(include_path=str(include) if include is not None else None)
+    missing = [name for name in tasks if name not in manager.all_tasks]
+    if missing:
+        where = "lm_eval's built-in tasks" if include is None else f"{include} or lm_eval's built-in tasks"
+        raise StageError(f"lm_eval task(s) not found: {', '.join(missing)} (looked in {where})",
+                         "check the names (each task YAML's `task:` key) and the spec's lm_eval.include_path")
+    return LmEval(lm_eval, manager, tasks, include)
+
+
+@contextmanager
+def working_directory(path: Path | None) -> Iterator[None]:
+    """contextlib.chdir exists only from Python 3.11; the project supports 3.10."""
+    if path is None:
+        yield
+        return
+    previous = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+def json_number(value: Any) -> float | int | None:
+    """A metric as JSON: ints and finite floats (numpy's too); NaN, inf and lm_eval's "N/A" become null."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    return float(value) if math.isfinite(float(value)) else None
+
+
+def json_plain(value: Any) -> Any:
+    if value is None or isinstance(value, (str, bool)):
+        return value
+    if isinstance(value, numbers.Real):
+        return json_number(value)
+    if isinstance(value, dict):
+        return {str(k): json_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_plain(v) for v in value]
+    return str(value)
+
+
+def run_lm_eval(prepared: LmEval, model_dir: Path, adapter: Path | None,
+                args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    # float32 on the CPU, as measure() uses; on a GPU the checkpoint's own dtype (lm_eval's "auto").
+    model_args: dict[str, Any] = {"pretrained": str(model_dir.resolve()),
+                                  "dtype": "auto" if cuda else "float32"}
+    if adapter is not None:
+        model_args["peft"] = str(adapter.resolve())  # the same model the loss above measured
+    # lm_eval passes a task's `data_files` to datasets.load_dataset as written, and datasets resolves relative
+    # paths against the process's working directory, not the YAML's folder. Running with the include folder as
+    # the working directory makes relative data paths in task YAMLs mean "relative to the include folder",
+    # independent of where the job runs (every other path here is absolute by now).
+    with working_directory(prepared.include_path):
+        raw = prepared.module.simple_evaluate(
+            model="hf", model_args=model_args, tasks=prepared.tasks, task_manager=prepared.task_manager,
+            num_fewshot=args.lm_eval_num_fewshot, limit=args.lm_eval_limit,
+            batch_size=args.lm_eval_batch_size, device=device,
+            log_samples=False)  # per-document outputs would bloat the report; the metrics are what we keep
+    if raw is None:  # only non-zero ranks get None; this program runs one process
+        raise StageError("lm_eval returned no results")
+    tasks: dict[str, Any] = {}
+    for name, metrics in raw["results"].items():
+        tasks[name] = {
+            # lm_eval's own keys ("acc,none" = metric,filter), so they compare with its docs and other runs.
+            "metrics": {key: json_number(value) for key, value in metrics.items() if key != "alias"},
+            "n_samples": json_plain(raw.get("n-samples", {}).get(name)),
+            "num_fewshot": json_plain(raw.get("n-shot", {}).get(name)),
+            "version": json_plain(raw.get("versions", {}).get(name)),
+            "higher_is_better": json_plain(raw.get("higher_is_better", {}).get(name)),
+        }
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in tasks[name]["metrics"].items()
+                          if v is not None and "_stderr" not in k)
+        log(f"lm_eval {name}: {shown}")
+    include = str(prepared.include_path) if prepared.include_path is not None else None
+    return {"lm_eval_version": importlib.metadata.version("lm_eval"), "model": model_args["pretrained"],
+            "adapter": model_args.get("peft"), "include_path": include, "limit": args.lm_eval_limit,
+            "num_fewshot": args.lm_eval_num_fewshot, "device": device, "tasks": tasks}
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative")
+    return value
+
+
 @entry
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m stages evaluate")
@@ -65,7 +212,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--exact-match-rows", type=int, default=8)
     p.add_argument("--max-loss-ratio", type=float, default=1.0)
     p.add_argument("--report", required=True, type=Path)
+    p.add_argument("--lm-eval-tasks", nargs="+", metavar="TASK",
+                   help=f"also run these lm-evaluation-harness tasks on --model, offline ({LM_EVAL_PIN})")
+    p.add_argument("--lm-eval-include-path", type=Path, help="a folder of lm_eval task YAMLs")
+    p.add_argument("--lm-eval-limit", type=positive_int, help="evaluate at most this many documents per task")
+    p.add_argument("--lm-eval-num-fewshot", type=non_negative_int)
+    p.add_argument("--lm-eval-batch-size", type=positive_int, default=1)
     args = p.parse_args(argv)
+    if not args.lm_eval_tasks and (args.lm_eval_include_path is not None or args.lm_eval_limit is not None
+                                   or args.lm_eval_num_fewshot is not None):
+        p.error("--lm-eval-include-path/--lm-eval-limit/--lm-eval-num-fewshot need --lm-eval-tasks")
+    harness = prepare_lm_eval(args)  # before the loss, so a missing package or task fails fast
     report: dict[str, Any] = {"tuned": measure(args.model, args, args.adapter)}
     log(f"tuned: loss {report['tuned']['loss']:.4f} exact match {report['tuned']['exact_match']:.0%}")
     verdict = 0
@@ -75,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         report.update(loss_ratio=ratio, max_loss_ratio=args.max_loss_ratio, passed=ratio < args.max_loss_ratio)
         log(f"base: loss {report['base']['loss']:.4f}; tuned/base = {ratio:.3f} (must be < {args.max_loss_ratio})")
         verdict = 0 if report["passed"] else WORSE_RC
+    if harness is not None:
+        report["lm_eval"] = run_lm_eval(harness, args.model, args.adapter, args)
     write_json(args.report, report)
     if verdict:
         print(f"error: fine-tuned loss is not below {args.max_loss_ratio} x base loss", flush=True)

@@ -58,8 +58,25 @@ class HfSettings(Strict):
         return self.data.startswith(("hf://", "s3://"))
 
 
+# An lm_eval task/group name. It becomes an argv word of `python -m stages evaluate`, so no leading "-"
+# (argparse would read a flag) and no whitespace; anything else is quoted by the template.
+LmEvalTask = Annotated[str, Field(pattern=r"^[^\s-]\S*$")]
+
+
+class LmEvalParams(Strict):
+    """An optional lm-evaluation-harness run inside the evaluate stage (offline; reported, not a verdict)."""
+
+    tasks: Annotated[list[LmEvalTask], Field(min_length=1)]
+    # A folder of task YAMLs; a relative path is relative to the spec's folder, like settings.data.
+    include_path: Annotated[str, Field(min_length=1)] | None = None
+    limit: Annotated[int, Field(gt=0)] | None = None  # at most this many documents per task
+    num_fewshot: Annotated[int, Field(ge=0)] | None = None
+    batch_size: Annotated[int, Field(gt=0)] = 1
+
+
 class EvaluateParams(Params):
     max_loss_ratio: Annotated[float, Field(gt=0)] = 1.0
+    lm_eval: LmEvalParams | None = None  # None: no lm_eval run, and the script is exactly as without it
 
 
 class InferenceParams(Params):
