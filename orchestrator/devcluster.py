@@ -21,6 +21,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestrator import proc
+from orchestrator.errors import PipelineError
+
 PACKAGES = ("slurmctld", "slurmd", "slurmdbd", "slurm-client", "munge", "mariadb-server")
 BINARIES = ("slurmctld", "slurmd", "slurmdbd", "sacctmgr", "munged", "mariadbd", "mariadb-install-db")
 CLUSTER = "devcluster"
@@ -28,7 +31,7 @@ PARTITION = "debug"
 BOOT_TIMEOUT_S = 120.0
 
 
-class DevClusterError(Exception):
+class DevClusterError(PipelineError):
     """The dev cluster could not be installed, booted or stopped; the message says what to do."""
 
 
@@ -71,7 +74,7 @@ def install_packages() -> None:
                               ) from None
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for argv in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *PACKAGES]):
-        done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=900)
+        done = proc.run(argv, env=env, timeout=900, check=False)
         if done.returncode != 0:
             raise DevClusterError(f"{' '.join(argv)} failed: {done.stderr.strip()[-500:]}")
 
@@ -120,8 +123,8 @@ def _client_env(conf: Path) -> dict[str, str]:
 
 def _ok(argv: list[str], env: dict[str, str]) -> bool:
     try:
-        return subprocess.run(argv, capture_output=True, env=env, timeout=15).returncode == 0
-    except subprocess.TimeoutExpired:
+        return proc.run(argv, env=env, timeout=15, check=False).returncode == 0
+    except PipelineError:  # not answering within the timeout (or not installed) is "not up yet"
         return False
 
 
@@ -143,9 +146,8 @@ def _start_mariadb(paths: dict[str, Path], port: int) -> str:
     data = paths["mysql"] / "data"
     sock = paths["mysql"] / "mysqld.sock"
     if not (data / "mysql").exists():
-        done = subprocess.run(["mariadb-install-db", f"--datadir={data}", "--user=root",
-                               "--auth-root-authentication-method=socket", "--skip-test-db"],
-                              capture_output=True, text=True, timeout=300)
+        done = proc.run(["mariadb-install-db", f"--datadir={data}", "--user=root",
+                         "--auth-root-authentication-method=socket", "--skip-test-db"], timeout=300, check=False)
         if done.returncode != 0:
             raise DevClusterError(f"mariadb-install-db failed: {done.stderr[-500:]}")
     pid = _spawn(["mariadbd", "--no-defaults", f"--datadir={data}", f"--socket={sock}", "--user=root",
@@ -158,7 +160,10 @@ def _start_mariadb(paths: dict[str, Path], port: int) -> str:
     sql = (f"CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY '{password}';"
            f"ALTER USER 'slurm'@'127.0.0.1' IDENTIFIED BY '{password}';"
            "GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1'; FLUSH PRIVILEGES;")
-    subprocess.run([*client, "-e", sql], check=True, capture_output=True, timeout=30)
+    # On stdin, not in argv: a password in argv is readable by every user through /proc/<pid>/cmdline.
+    done = proc.run(client, input_text=sql, timeout=30, check=False)
+    if done.returncode != 0:
+        raise DevClusterError(f"creating the slurm database user failed: {done.stderr.strip()[-500:]}")
     return password
 
 
@@ -232,7 +237,7 @@ def up(workdir: Path, nodes: int = 4, cpus_per_node: int = 2) -> DevCluster:
     env = _client_env(conf)
     _record(workdir, "slurmdbd", _spawn(["slurmdbd", "-D"], paths["log"] / "slurmdbd.out.log", env))
     _wait_for("slurmdbd", lambda: _ok(["sacctmgr", "-n", "show", "cluster"], env), workdir, timeout=30)
-    subprocess.run(["sacctmgr", "-i", "add", "cluster", CLUSTER], capture_output=True, env=env, timeout=30)
+    proc.run(["sacctmgr", "-i", "add", "cluster", CLUSTER], env=env, timeout=30, check=False)  # exists on reboot
     _record(workdir, "slurmctld", _spawn(["slurmctld", "-D", "-c"], paths["log"] / "slurmctld.out.log", env))
     _wait_for("slurmctld", lambda: _ok(["scontrol", "ping"], env), workdir)
     for name in names:
@@ -294,7 +299,7 @@ def start_node(cluster: DevCluster, node: str) -> None:
 
 
 def _all_idle(env: dict[str, str], count: int) -> bool:
-    out = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], capture_output=True, text=True, env=env, timeout=15)
+    out = proc.run(["sinfo", "-h", "-N", "-o", "%N %t"], env=env, timeout=15, check=False)
     states = [line.split()[1] for line in out.stdout.splitlines() if line.strip()]
     return len(states) == count and all(s == "idle" for s in states)
 
