@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from orchestrator import __version__, apply, plan, spec, status
+from orchestrator import __version__, apply, plan, secrets, spec, status
 from orchestrator import state as statelib
 from orchestrator.errors import PipelineError
 from orchestrator.scheduler import Scheduler, for_cluster
@@ -94,6 +94,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if forwarded is not None:
         return forwarded
     built = plan.build(loaded)  # every stage validated and rendered before the first sbatch
+    for note in secrets.not_handed_over(built.secrets, os.environ):
+        print(f"note: {note}", file=sys.stderr)
     root = apply.run_root(loaded, Path(args.run_root) if args.run_root else None)
     store = apply.create_run(loaded, built, root)
     scheduler = for_cluster(built.cluster, store.paths.root)

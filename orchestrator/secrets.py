@@ -28,6 +28,32 @@ def scrubbed_env(env: Mapping[str, str], extra: frozenset[str] = frozenset()) ->
     return {k: v for k, v in env.items() if not is_secret_name(k) and k not in extra}
 
 
+def referenced_names(secrets: Mapping[str, SecretRef]) -> frozenset[str]:
+    """Every variable a spec's secrets touch: the names they are exported as and the `env:` sources.
+
+    `HF_TOKEN: {env: HFTOK}` must not carry the submitter's $HFTOK into sbatch's --export=ALL, where Slurm
+    would keep it in the job record, even though HFTOK does not look like a secret's name."""
+    return frozenset(secrets) | frozenset(ref.env for ref in secrets.values() if ref.env is not None)
+
+
+def not_handed_over(secrets: Mapping[str, SecretRef], env: Mapping[str, str]) -> list[str]:
+    """Notes for `env:` secrets whose variable the submitter has set: pipeline will not pass that value on."""
+    return [f"secret {name} is read from ${ref.env} where the job runs; your shell's ${ref.env} is not passed to "
+            "the job (the scheduler would store it). To hand over this value use `file:` (mode 0600) or "
+            "`aws_secret:`." for name, ref in secrets.items() if ref.env is not None and env.get(ref.env)]
+
+
+def job_env(run_dir: Path, env: Mapping[str, str]) -> dict[str, str]:
+    """The environment a backend may hand to the jobs of run_dir: scrubbed of secret-looking names and of
+    every name the run's secrets reference (read from its plan.json, which holds references, never values)."""
+    try:
+        saved = json.loads((run_dir / "plan.json").read_text(encoding="utf-8")).get("secrets", {})
+        refs = {name: SecretRef.model_validate(ref) for name, ref in saved.items()}
+    except FileNotFoundError:
+        refs = {}
+    return scrubbed_env(env, referenced_names(refs))
+
+
 def resolve(name: str, ref: SecretRef, env: Mapping[str, str]) -> str:
     if ref.env is not None:
         value = env.get(ref.env)

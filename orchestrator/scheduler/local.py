@@ -20,7 +20,7 @@ from typing import Any
 from orchestrator import state as statelib
 from orchestrator.errors import SchedulerError
 from orchestrator.scheduler import JobInfo, SubmitRequest
-from orchestrator.secrets import scrubbed_env
+from orchestrator.secrets import job_env
 from orchestrator.states import JobState
 
 
@@ -165,6 +165,6 @@ def start_driver(run_dir: Path) -> None:
     try:
         subprocess.Popen([sys.executable, "-m", "orchestrator.scheduler.localdriver", str(run_dir)],
                          stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                         env=scrubbed_env(os.environ), close_fds=True)
+                         env=job_env(run_dir, os.environ), close_fds=True)
     finally:
         log.close()

@@ -17,7 +17,7 @@ from orchestrator import proc
 from orchestrator.errors import CommandError, SchedulerError
 from orchestrator.jobside import run_stage
 from orchestrator.scheduler import JobInfo, SubmitRequest
-from orchestrator.secrets import scrubbed_env
+from orchestrator.secrets import job_env
 from orchestrator.spec import ClusterProfile
 from orchestrator.states import JobState, from_slurm
 
@@ -53,7 +53,7 @@ class SlurmScheduler:
         env_before = dict(os.environ)
         # The submitter's environment goes to the job (sbatch --export=ALL): strip secrets first.
         os.environ.clear()
-        os.environ.update(scrubbed_env(env_before))
+        os.environ.update(job_env(request.run_dir, env_before))
         try:
             job = executor.submit(run_stage, str(request.run_dir), request.stage)
         except Exception as exc:  # submitit raises FailedJobError or subprocess errors; both mean "not queued"

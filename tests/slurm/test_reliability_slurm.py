@@ -144,6 +144,29 @@ stages:
     record_figure("secrets", {"planted": 1, "hits_in_run_dir_logs_scripts_slurm_state_and_scontrol": len(hits)})
 
 
+def test_env_sourced_secret_under_a_plain_name_stays_out_of_the_job_record(slurm_cluster, write_spec, tmp_path,
+                                                                           monkeypatch):
+    """`{env: PLAINSRC}` reads the variable where the job runs; the submitter's value must not ride along in
+    sbatch's --export=ALL (Slurm keeps a job's environment in its state save) just because the name looks
+    harmless. Here the node does not set it, so the stage fails and says so."""
+    token = "hf_PLAIN" + hashlib.sha256(str(tmp_path).encode()).hexdigest()[:20]
+    monkeypatch.setenv("PLAINSRC", token)
+    path = write_spec(f"""name: envsecret
+cluster: {CLUSTER}
+secrets: {{HF_TOKEN: {{env: PLAINSRC}}}}
+stages:
+  - {{name: a, kind: command, run: 'echo should-not-run'}}
+""")
+    run_cli("submit", str(path))
+    run_dir = latest_run()
+    assert wait_terminal(run_dir, timeout=120) == {"a": S.FAILED}
+    log = next((run_dir / "logs").glob("a.*.log")).read_text()
+    assert "PLAINSRC is not set in the job" in log and "should-not-run" not in log
+    hits = [str(p) for root in (run_dir, slurm_cluster.workdir / "state", slurm_cluster.workdir / "spool")
+            for p in root.rglob("*") if p.is_file() and token.encode() in p.read_bytes()]
+    assert hits == []
+
+
 def test_bad_specs_reach_no_queue(slurm_cluster, write_spec, pipeline_home):
     before = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split()
     start = time.strftime("%Y-%m-%dT%H:%M:%S")
