@@ -138,6 +138,9 @@ def _table(view: status.RunView) -> str:
         note = cur.reason or ""
         if stage.state is JobState.PENDING and not note:
             note = "waiting"
+        done = status.progress_note(status.progress(RunPaths(view.run_dir), name, cur))
+        if done:  # how far the program got: while it runs, after it ends, and where a failed one stopped
+            note = f"{note}; reached {done}" if note else done
         if stage.state.terminal and not stage.state.ok and stage.state is not JobState.CANCELLED:
             note = (note + f"; see: pipeline logs {st.run_id} {name}").lstrip("; ")
         if len(stage.attempts) > 1:

@@ -82,7 +82,8 @@ def _run_script(paths: RunPaths, plan: dict[str, Any], stage: str, job_id: str, 
         return SECRET_FAILED_RC, f"secret not available: {exc.message}"
     env.update(values)
     env.update(PIPELINE_RUN_DIR=str(paths.root), PIPELINE_STAGE=stage, PIPELINE_JOB_ID=job_id,
-               PIPELINE_STAGES_PATH=STAGES_PATH, PYTHONUNBUFFERED="1")
+               PIPELINE_STAGES_PATH=STAGES_PATH, PIPELINE_PROGRESS_FILE=str(paths.progress(stage)),
+               PYTHONUNBUFFERED="1")
     # Without `venv:`, `python`/`torchrun` in a stage are those of pipeline's own environment; a stage's
     # `source <venv>/bin/activate` still puts its own env first.
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")

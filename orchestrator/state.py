@@ -117,6 +117,10 @@ class RunPaths:
     def records(self, stage: str) -> Path:
         return self.root / "records" / stage
 
+    def progress(self, stage: str) -> Path:
+        """Written by the stage program itself (e.g. finetune's step and loss); advisory, shown by status."""
+        return self.records(stage) / "progress.json"
+
     def make_dirs(self) -> None:
         for sub in ("scripts", "logs", "records", "submitit"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)

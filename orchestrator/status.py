@@ -148,6 +148,29 @@ def latest_record(paths: RunPaths, stage: str, job_id: str) -> dict[str, Any] | 
         raise StateError(f"{candidates[-1]} is unreadable") from None
 
 
+def progress(paths: RunPaths, stage: str, attempt: Attempt | None) -> dict[str, Any] | None:
+    """What the current attempt's program last said of its progress, or None. Advisory: a missing, torn or
+    older attempt's file never fails status (the program writes it, not the scheduler)."""
+    if attempt is None:
+        return None
+    try:
+        data = json.loads(paths.progress(stage).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("job_id") == attempt.job_id else None
+
+
+def progress_note(data: dict[str, Any] | None) -> str:
+    if not data or "step" not in data:
+        return ""
+    parts = [f"step {data['step']}" + (f"/{data['steps']}" if data.get("steps") else "")]
+    if isinstance(data.get("loss"), (int, float)):
+        parts.append(f"loss {data['loss']:.4g}")
+    if isinstance(data.get("tokens_per_s"), (int, float)):
+        parts.append(f"{data['tokens_per_s']:,.0f} tok/s")
+    return " ".join(parts)
+
+
 def parse_time(value: str | None) -> datetime | None:
     if not value:
         return None
@@ -176,4 +199,5 @@ def to_json(view: RunView) -> dict[str, Any]:
     for name, stage in view.state.stages.items():
         data["stages"][name]["state"] = stage.state.value
         data["stages"][name]["elapsed"] = elapsed(stage.current) if stage.current else ""
+        data["stages"][name]["progress"] = progress(RunPaths(view.run_dir), name, stage.current)
     return data

@@ -35,6 +35,14 @@ def entry(func: Callable[[list[str] | None], int]) -> Callable[[list[str] | None
     return wrapper
 
 
+def progress(**fields: Any) -> None:
+    """Tell `pipeline status` how far this job is (rank 0 only; no-op outside a pipeline job). Tagged with the
+    job id so status never shows a previous attempt's numbers as the current one's."""
+    target = os.environ.get("PIPELINE_PROGRESS_FILE")
+    if target and int(os.environ.get("RANK", "0")) == 0:
+        write_json(Path(target), {"job_id": os.environ.get("PIPELINE_JOB_ID"), **fields})
+
+
 def log(message: str) -> None:
     if int(os.environ.get("RANK", "0")) == 0:
         print(message, flush=True)

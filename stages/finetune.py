@@ -20,7 +20,7 @@ from typing import Any
 
 from stages import data as datalib
 from stages import sharding
-from stages.common import StageError, entry, log, newest_checkpoint, require_model_dir, write_json
+from stages.common import StageError, entry, log, newest_checkpoint, progress, require_model_dir, write_json
 
 INTERRUPTED_RC = 75
 _stop_requested = False
@@ -282,6 +282,7 @@ def train(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGUSR2, _on_signal)
     model.train()
+    next_progress = 0.0
     while step < steps:
         started, tokens, loss_sum = time.perf_counter(), 0, 0.0
         for indices in micro_batches(len(chunks), args.batch_size, dist.world, dist.rank, args.seed,
@@ -304,6 +305,9 @@ def train(args: argparse.Namespace) -> int:
             metrics.flush()
         if step % 10 == 0 or step == 1:
             log(f"step {step}/{steps} loss {loss_mean:.4f} tokens/s {rate:.0f}")
+        if time.monotonic() >= next_progress or step == steps:  # at most every 5 s: run dirs live on FSx
+            progress(step=step, steps=steps, loss=round(loss_mean, 4), tokens_per_s=round(rate, 1))
+            next_progress = time.monotonic() + 5.0
         if step % args.save_steps == 0 or _stop_requested:
             save_checkpoint(args.output / f"checkpoint-{step}", model, optimizer, scheduler, step, args, dist, tokenizer)
         if _stop_requested:

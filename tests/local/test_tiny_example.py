@@ -13,7 +13,7 @@ from tests.helpers import latest_run, run_cli, wait_terminal
 
 
 @pytest.mark.slow
-def test_tiny_llama_pipeline_end_to_end():
+def test_tiny_llama_pipeline_end_to_end(capsys):
     assert run_cli("submit", str(REPO / "examples" / "tiny-llama-local.yaml")) == 0
     run_dir = latest_run()
     states = wait_terminal(run_dir, timeout=600)
@@ -24,4 +24,12 @@ def test_tiny_llama_pipeline_end_to_end():
     generations = json.loads((work / "reports" / "inference.json").read_text())["generations"]
     assert [g["prompt"] for g in generations] == ["What is the capital of France?", "Reverse the word: cat"]
     assert (work / "merged" / "model.safetensors").is_file()
-    assert state.Store(run_dir).read().stages["finetune"].current.exit_code == 0
+    finetune = state.Store(run_dir).read().stages["finetune"].current
+    assert finetune.exit_code == 0
+    # The program's own progress report, tagged with this attempt's job id, is what status shows for it.
+    progress = json.loads(state.RunPaths(run_dir).progress("finetune").read_text())
+    assert progress["job_id"] == finetune.job_id and progress["step"] == progress["steps"] > 0
+    capsys.readouterr()
+    assert run_cli("status") == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("finetune"))
+    assert f"step {progress['steps']}/{progress['steps']} loss" in row and "tok/s" in row
