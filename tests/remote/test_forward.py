@@ -352,11 +352,19 @@ def test_ctrl_c_on_follow_stops_the_remote_command(sshd: SshServer, write_spec: 
                 assert child.poll() is None, child.communicate()
                 assert time.monotonic() < deadline, "the remote `pipeline logs -f` never started"
                 time.sleep(0.2)
-            time.sleep(0.5)
+            # SIGINT only once the follower has shown the log: under load the remote process can exist for
+            # seconds before its first output, and the test is about Ctrl-C, not about that race.
+            assert child.stdout is not None
+            os.set_blocking(child.stdout.fileno(), False)
+            seen = b""
+            while b"started" not in seen:
+                assert child.poll() is None, child.communicate()
+                assert time.monotonic() < deadline + 30, f"`logs -f` showed no log: {seen!r}"
+                seen += child.stdout.read() or b""
+                time.sleep(0.1)
             child.send_signal(signal.SIGINT)
             out, err = child.communicate(timeout=30)
             assert child.returncode == 130, (out, err)
-            assert b"started" in out
             deadline = time.monotonic() + 15
             while remote_procs(pattern):
                 assert time.monotonic() < deadline, "the remote follower kept running after Ctrl-C"

@@ -108,7 +108,7 @@ if [[ -n "${SLURM_JOB_ID:-}" ]]; then
 fi
 # The trainer saves to the relative path lora_adapter/: the working directory is set here, not inherited.
 cd "$RUN"
-torchrun --nnodes="$PIPELINE_NNODES" --nproc_per_node=32 --rdzv_backend=c10d --rdzv_endpoint="$PIPELINE_HEAD_ADDR:$PIPELINE_RDZV_PORT" --rdzv_id="$PIPELINE_RDZV_ID" "$RUN/launch_ptl.py" "$TRAINER" \
+torchrun --nnodes="$PIPELINE_NNODES" --nproc_per_node=32 --rdzv_backend=c10d --rdzv_endpoint="$PIPELINE_HEAD_ADDR:$PIPELINE_RDZV_PORT" --rdzv_id="$PIPELINE_RDZV_ID" --rdzv_conf=is_host=$(( ${SLURM_NODEID:-0} == 0 )) "$RUN/launch_ptl.py" "$TRAINER" \
   --model_path "$(dirname "$MODEL_CONFIG")" \
   --model_name "$WORKDIR/model_artifacts/"Meta-Llama-3-8B \
   --pretrained_ckpt "$PRETRAINED" \

@@ -45,7 +45,7 @@ if [[ "${1:-}" != "--task" ]]; then
   exec bash "$0" --task
 fi
 
-torchrun --nnodes="$PIPELINE_NNODES" --nproc_per_node=32 --rdzv_backend=c10d --rdzv_endpoint="$PIPELINE_HEAD_ADDR:$PIPELINE_RDZV_PORT" --rdzv_id="$PIPELINE_RDZV_ID" -m stages neuron-finetune \
+torchrun --nnodes="$PIPELINE_NNODES" --nproc_per_node=32 --rdzv_backend=c10d --rdzv_endpoint="$PIPELINE_HEAD_ADDR:$PIPELINE_RDZV_PORT" --rdzv_id="$PIPELINE_RDZV_ID" --rdzv_conf=is_host=$(( ${SLURM_NODEID:-0} == 0 )) -m stages neuron-finetune \
   --model "$WORKDIR/model_artifacts/"Meta-Llama-3-8B-Instruct \
   --dataset databricks/databricks-dolly-15k \
   --output-dir "$OUT" --final-dir "$FINAL" --max-steps "$MAX_STEPS" \
