@@ -80,6 +80,20 @@ def dolly_prompt(instruction: str, context: str | None = None) -> str:
     return "\n\n".join(parts)
 
 
+# Gen 2 upstream (awsome-distributed-training 3.test_cases/pytorch/optimum-neuron/llama3/slurm/fine-tuning,
+# src/train.py): each Dolly row becomes system / user / assistant messages, the context appended to the user
+# turn, rendered with the tokenizer's chat template. The one Dolly formatter of the project (hf and neuron).
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+
+
+def dolly_messages(row: dict[str, Any], system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> list[dict[str, str]]:
+    user = row["instruction"]
+    if row.get("context"):
+        user = f"{user}\n\n{row['context']}"
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return [*messages, {"role": "user", "content": user}, {"role": "assistant", "content": row["response"]}]
+
+
 def to_examples(rows: list[dict[str, Any]], fmt: str, tokenizer: Any) -> list[Example]:
     eos = tokenizer.eos_token or ""
     if fmt == "dolly":
