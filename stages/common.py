@@ -85,6 +85,16 @@ def write_manifest(directory: Path) -> dict[str, Any]:
     return manifest
 
 
+def dtype_kwargs(dtype: Any) -> dict[str, Any]:
+    """The from_pretrained keyword for a dtype under the transformers the job's env pins: `dtype` exists from
+    4.56 (huggingface/transformers#39782 deprecated `torch_dtype`); the nxd env pins 4.48.0, which knows only
+    `torch_dtype` and would pass an unknown `dtype` on to the model's __init__ (TypeError)."""
+    import transformers
+
+    major, minor = (int(part) for part in transformers.__version__.split(".")[:2])
+    return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
+
+
 def require_model_dir(path: Path) -> None:
     if not (path / "config.json").is_file():
         raise StageError(f"{path}: no config.json, so this is not a model directory",

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from stages import data as datalib
-from stages.common import StageError, entry, log, require_model_dir, write_json
+from stages.common import StageError, dtype_kwargs, entry, log, require_model_dir, write_json
 
 WORSE_RC = 3
 # The release whose Python API (simple_evaluate, TaskManager, results layout) this program is written against.
@@ -31,7 +31,7 @@ def measure(model_dir: Path, args: argparse.Namespace, adapter: Path | None = No
 
     require_model_dir(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, **dtype_kwargs(torch.float32))
     if adapter is not None:
         from peft import PeftModel
 

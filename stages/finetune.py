@@ -20,7 +20,8 @@ from typing import Any
 
 from stages import data as datalib
 from stages import sharding
-from stages.common import StageError, entry, log, newest_checkpoint, progress, require_model_dir, write_json
+from stages.common import (StageError, dtype_kwargs, entry, log, newest_checkpoint, progress, require_model_dir,
+                           write_json)
 
 INTERRUPTED_RC = 75
 _stop_requested = False
@@ -102,7 +103,7 @@ def load_model(args: argparse.Namespace, dist: Dist) -> tuple[Any, Any]:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    kwargs: dict[str, Any] = {"dtype": dtype}
+    kwargs: dict[str, Any] = dtype_kwargs(dtype)
     if args.method == "qlora":
         if not dist.cuda:
             raise StageError("QLoRA needs a CUDA GPU (bitsandbytes 4-bit); this node has none",

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from stages.common import StageError, entry, log, require_model_dir, write_json
+from stages.common import StageError, dtype_kwargs, entry, log, require_model_dir, write_json
 from stages.data import dolly_prompt
 
 
@@ -17,7 +17,7 @@ def generate(model_dir: Path, prompts: list[str], args: argparse.Namespace) -> l
 
     require_model_dir(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, **dtype_kwargs(torch.float32)).eval()
     outputs = []
     for prompt in prompts:
         if args.system_prompt and tokenizer.chat_template:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from stages.common import StageError, entry, log, require_model_dir, write_manifest
+from stages.common import StageError, dtype_kwargs, entry, log, require_model_dir, write_manifest
 
 PROBE = "### Instruction:\nWhat is the capital of France?\n\n### Answer:\n"
 
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     tokenizer = AutoTokenizer.from_pretrained(args.base)
     probe = tokenizer(PROBE, return_tensors="pt")
-    base = AutoModelForCausalLM.from_pretrained(args.base, dtype=dtype).eval()
+    base = AutoModelForCausalLM.from_pretrained(args.base, **dtype_kwargs(dtype)).eval()
     with torch.no_grad():
         base_logits = base(**probe).logits.float()
     peft_model = PeftModel.from_pretrained(base, args.adapter).eval()
