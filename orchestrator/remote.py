@@ -34,9 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from orchestrator import __version__
+from orchestrator import __version__, yamlsrc
 from orchestrator.errors import PipelineError
 from orchestrator.spec import Remote
 
@@ -153,8 +151,8 @@ def referenced_files(spec_path: Path) -> list[Path]:
     spec_path = Path(spec_path)
     found: list[Path] = [spec_path]
     try:
-        data = yaml.safe_load(spec_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        data = yamlsrc.load(spec_path).data  # the same bomb/depth limits as validate: it runs before it
+    except PipelineError:
         return found
     if not isinstance(data, dict):
         return found

@@ -12,6 +12,14 @@ from orchestrator.errors import SpecError
 
 KeyPath = tuple[str | int, ...]
 MAX_SPEC_BYTES = 1_000_000  # a pipeline spec is a few KiB; anything this large is a mistake, not a spec
+# A real spec nests about 6 levels and holds a few hundred values. PyYAML's composer and constructor recurse
+# once per level (a RecursionError past ~300 nested `[`), and aliases share one node, so ten nested aliases of
+# ten ("billion laughs", CVE-2003-1564 style) compose into a few dozen nodes but expand to 10**10 values for
+# any code that walks the data (our key-line walk, pydantic). Both limits are checked on the parser's event
+# stream and the shared node graph, before anything walks the expanded tree.
+MAX_DEPTH = 64
+MAX_VALUES = 100_000
+_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: fast
 
 
 @dataclass(frozen=True)
@@ -63,8 +71,15 @@ def load(path: Path) -> Located:
     if not text.strip():
         raise SpecError(f"{path}:1: the file is empty", "a pipeline needs at least `name:` and `stages:`")
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        _check_depth(path, text)
+        loader = _Loader(text)
+        try:
+            node = loader.get_single_node()
+            if node is not None:
+                _check_expansion(path, node)
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 1
@@ -75,6 +90,60 @@ def load(path: Path) -> Located:
     if node is not None:
         _walk(path, node, (), lines)
     return Located(path, data, lines)
+
+
+def _check_depth(path: Path, text: str) -> None:
+    """Refuse nesting deeper than MAX_DEPTH from the event stream (the parser itself does not recurse)."""
+    depth = 0
+    try:
+        for event in yaml.parse(text, Loader=_Loader):
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise _too_deep(path, event.start_mark)
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+    except yaml.MarkedYAMLError as exc:
+        # libyaml (0.2.5+) stops at 1000 levels itself while looking ahead for simple keys in flow context.
+        if "nesting depth" in str(exc.problem):
+            raise _too_deep(path, exc.problem_mark) from None
+        raise
+
+
+def _too_deep(path: Path, mark: Any) -> SpecError:  # yaml.Mark, or libyaml's own Mark type
+    line = mark.line + 1 if mark is not None else 1
+    return SpecError(f"{path}:{line}: YAML nested more than {MAX_DEPTH} levels deep",
+                     "a pipeline spec nests a few levels; flatten this value")
+
+
+def _check_expansion(path: Path, root: yaml.Node) -> None:
+    """Refuse a document whose aliases expand to more than MAX_VALUES values, naming where it explodes.
+    Sizes are memoised per shared node, so the check costs the number of distinct nodes, not the expansion."""
+    sizes: dict[int, int] = {}
+
+    def children(node: yaml.Node) -> list[yaml.Node]:
+        if isinstance(node, yaml.MappingNode):
+            return [part for pair in node.value for part in pair]
+        if isinstance(node, yaml.SequenceNode):
+            return list(node.value)
+        return []
+
+    def size(node: yaml.Node) -> int:
+        if id(node) not in sizes:
+            sizes[id(node)] = 1 + sum(size(child) for child in children(node))  # depth is already bounded
+        return sizes[id(node)]
+
+    if size(root) <= MAX_VALUES:
+        return
+    node = root
+    while True:  # descend to the innermost node that alone is too large: that is where the aliases multiply
+        big = [child for child in children(node) if size(child) > MAX_VALUES]
+        if not big:
+            break
+        node = big[0]
+    raise SpecError(f"{path}:{node.start_mark.line + 1}: YAML aliases here expand to {size(root):,} values "
+                    f"(limit {MAX_VALUES:,}): an alias bomb, not a pipeline spec",
+                    "use each anchor for a small block (e.g. shared resources), not nested aliases of aliases")
 
 
 def _walk(path: Path, node: yaml.Node, loc: KeyPath, lines: dict[KeyPath, int]) -> None:
