@@ -100,11 +100,28 @@ def cmd_submit(args: argparse.Namespace) -> int:
     store = apply.create_run(loaded, built, root)
     scheduler = for_cluster(built.cluster, store.paths.root)
     run_id = store.read().run_id
-    apply.submit_stages(store, built, scheduler, {s.name for s in built.stages})
+    try:
+        apply.submit_stages(store, built, scheduler, {s.name for s in built.stages})
+    except PipelineError as exc:
+        print(run_id)  # the run exists: whoever captures stdout gets its id, as after a clean submit
+        raise partial_submit(store, exc) from None
     print(run_id)
     if args.wait:
         return _wait(store.paths.root, quiet=False)
     return 0
+
+
+def partial_submit(store: Store, cause: PipelineError) -> PipelineError:
+    """A submit that failed after the run directory exists: say which run, what is queued and what is not, and
+    the two ways out (issue 13 item 7: a stage left NOT_SUBMITTED with no run id printed)."""
+    state = store.read()
+    done = [f"{n} (job {s.current.job_id})" for n, s in state.stages.items() if s.current is not None]
+    missing = [n for n, s in state.stages.items() if s.current is None]
+    return PipelineError(
+        f"{cause.message}\nrun {state.run_id} ({store.paths.root}) is partly submitted: "
+        f"queued {', '.join(done) or 'nothing'}; not submitted: {', '.join(missing) or 'none'}",
+        f"fix the cause, then `pipeline submit --resume {state.run_id}` submits the rest; or give it up: "
+        f"`pipeline cancel {state.run_id}` and `rm -r {store.paths.root}`")
 
 
 def _wait(run_dir: Path, quiet: bool, cap_s: float = 30.0) -> int:

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from orchestrator import dag, yamlsrc
 from orchestrator.errors import SpecError
@@ -26,6 +26,22 @@ RESERVED_SBATCH = frozenset(
 )
 
 
+def _no_control(value: str) -> str:
+    """A value that reaches an `#SBATCH` line, a command line or a comment in a rendered script must be one line:
+    a newline there starts a new directive or command (issue 13 item 7). Quoted values (env, params) may hold any."""
+    bad = next((c for c in value if ord(c) < 32 or 127 <= ord(c) < 160), None)
+    if bad is not None:
+        raise ValueError(f"contains the control character {bad!r}; this value goes into an sbatch line or a "
+                         "command line, so it must be a single line of printable text")
+    return value
+
+
+Word = Annotated[str, AfterValidator(_no_control)]
+# YAML `nodes: true` or `nodes: "2"` is a mistake, not 1 or 2: integers and booleans are taken as written.
+StrictInt = Annotated[int, Field(strict=True)]
+StrictBool = Annotated[bool, Field(strict=True)]
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -33,19 +49,19 @@ class Strict(BaseModel):
 class Resources(Strict):
     """Slurm resources of one stage. Unset fields fall back to the cluster profile's `defaults`."""
 
-    nodes: Annotated[int, Field(gt=0, le=4096)] | None = None
-    ntasks_per_node: Annotated[int, Field(gt=0, le=1024)] | None = None
-    cpus_per_task: Annotated[int, Field(gt=0, le=1024)] | None = None
-    gpus_per_node: Annotated[int, Field(ge=0, le=64)] | None = None
-    gres: str | None = None
+    nodes: Annotated[StrictInt, Field(gt=0, le=4096)] | None = None
+    ntasks_per_node: Annotated[StrictInt, Field(gt=0, le=1024)] | None = None
+    cpus_per_task: Annotated[StrictInt, Field(gt=0, le=1024)] | None = None
+    gpus_per_node: Annotated[StrictInt, Field(ge=0, le=64)] | None = None
+    gres: Word | None = None
     mem: Annotated[str, Field(pattern=r"^\d+[KMGT]?$")] | None = None
     time: Annotated[str, Field(pattern=SLURM_TIME_RE)] | None = None
-    partition: str | None = None
-    exclusive: bool | None = None
-    constraint: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    sbatch: dict[str, str | int | bool] = Field(default_factory=dict, description="extra sbatch flags")
+    partition: Word | None = None
+    exclusive: StrictBool | None = None
+    constraint: Word | None = None
+    account: Word | None = None
+    qos: Word | None = None
+    sbatch: dict[str, str | StrictInt | StrictBool] = Field(default_factory=dict, description="extra sbatch flags")
 
     @field_validator("sbatch")
     @classmethod
@@ -55,6 +71,11 @@ class Resources(Strict):
                 raise ValueError(f"{key!r} is not an sbatch long option name (e.g. 'mail-type')")
             if key in RESERVED_SBATCH:
                 raise ValueError(f"--{key} is set by pipeline itself and cannot be overridden")
+            if isinstance(value[key], str):
+                try:
+                    _no_control(str(value[key]))
+                except ValueError as exc:
+                    raise ValueError(f"--{key}: {exc}") from None
         return value
 
     def flag_values(self, keys: tuple[str, ...]) -> list[tuple[str, object]]:
@@ -99,12 +120,12 @@ class HyperPodTarget(Strict):
 class Remote(Strict):
     """Run pipeline commands on a head node over SSH (fabric) instead of locally."""
 
-    host: str | None = Field(None, description="ssh host or ~/.ssh/config alias; omit with hyperpod")
-    user: str | None = None
-    port: Annotated[int, Field(gt=0, lt=65536)] | None = None
-    identity_file: str | None = None
-    pipeline: str = Field("pipeline", description="the pipeline executable on the head node")
-    upload_dir: str = Field("~/.pipeline/uploads", description="where specs and their files are uploaded")
+    host: Word | None = Field(None, description="ssh host or ~/.ssh/config alias; omit with hyperpod")
+    user: Word | None = None
+    port: Annotated[StrictInt, Field(gt=0, lt=65536)] | None = None
+    identity_file: Word | None = None
+    pipeline: Word = Field("pipeline", description="the pipeline executable on the head node")
+    upload_dir: Word = Field("~/.pipeline/uploads", description="where specs and their files are uploaded")
     hyperpod: HyperPodTarget | None = None
 
     @model_validator(mode="after")
@@ -119,8 +140,8 @@ class ClusterProfile(Strict):
 
     name: Name
     scheduler: Literal["slurm", "local"] = "slurm"
-    run_root: str | None = Field(None, description="shared directory for run directories (FSx on HyperPod)")
-    python: str | None = Field(None, description="interpreter with pipeline installed, visible on compute nodes")
+    run_root: Word | None = Field(None, description="shared directory for run directories (FSx on HyperPod)")
+    python: Word | None = Field(None, description="interpreter with pipeline installed, visible on compute nodes")
     accounting: Literal["auto", "on", "off"] = "auto"
     hyperpod: Literal["auto", "on", "off"] = Field("auto", description="add srun --auto-resume=1 (HyperPod only)")
     defaults: Resources = Field(default_factory=Resources)
@@ -140,7 +161,7 @@ class Stage(Strict):
     params: dict[str, Any] = Field(default_factory=dict)
     run: str | None = Field(None, description="bash body of a `command` stage")
     outputs: list[str] = Field(default_factory=list, description="paths that must exist when the stage succeeds")
-    retries: Annotated[int, Field(ge=0, le=20)] = 0
+    retries: Annotated[StrictInt, Field(ge=0, le=20)] = 0
     env: dict[Annotated[str, Field(pattern=ENV_NAME_RE)], str] = Field(default_factory=dict)
 
 
@@ -148,8 +169,8 @@ class Pipeline(Strict):
     name: Name
     cluster: Name | ClusterProfile = "local"
     family: Name = "command"
-    workdir: str | None = Field(None, description="artifact root; default <run dir>/work")
-    venv: str | None = Field(None, description="virtualenv activated in every stage")
+    workdir: Word | None = Field(None, description="artifact root; default <run dir>/work")
+    venv: Word | None = Field(None, description="virtualenv activated in every stage")
     env: dict[Annotated[str, Field(pattern=ENV_NAME_RE)], str] = Field(default_factory=dict)
     secrets: dict[Annotated[str, Field(pattern=ENV_NAME_RE)], SecretRef] = Field(default_factory=dict)
     settings: dict[str, Any] = Field(default_factory=dict, description="family settings shared by its stages")

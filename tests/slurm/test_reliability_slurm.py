@@ -236,3 +236,29 @@ stages:
     saved = state.Store(run_dir).read()
     assert len(saved.stages["b"].attempts) == 2 and len(saved.stages["c"].attempts) == 2
     record_figure("concurrency", {"status_processes": 20, "corrupt": 0, "lost_attempts": 0})
+
+
+def test_submit_failing_after_the_run_dir_exists_says_what_to_do(slurm_cluster, write_spec, capsys):
+    """Issue 13 item 7: sbatch refuses the second stage (a partition Slurm does not have). The run directory
+    already exists and stage a is queued, so the error must name the run, what was queued, what was not, and
+    both ways out; the run id goes to stdout as after a clean submit."""
+    path = write_spec(f"""name: partial
+cluster: {CLUSTER}
+stages:
+  - {{name: a, kind: command, run: "true"}}
+  - {{name: b, kind: command, run: "true", resources: {{partition: nosuchpartition}}}}
+  - {{name: c, kind: command, run: "true"}}
+""")
+    assert run_cli("submit", str(path)) == 1
+    out, err = capsys.readouterr()
+    run_dir = latest_run()
+    run_id = run_dir.name
+    saved = state.Store(run_dir).read()
+    job_a = saved.stages["a"].current.job_id
+    assert out.strip() == run_id
+    assert "sbatch refused stage b" in err and "Invalid partition" in err
+    assert f"run {run_id} ({run_dir}) is partly submitted: queued a (job {job_a}); not submitted: b, c" in err
+    assert f"pipeline submit --resume {run_id}" in err and f"pipeline cancel {run_id}" in err
+    assert "Traceback" not in err
+    assert wait_terminal(run_dir, timeout=60)["a"] is S.COMPLETED  # what was accepted was released, and ran
+    record_figure("partial_submit", {"queued": 1, "not_submitted": 2, "run_id_printed": True})
