@@ -17,6 +17,7 @@ PROGRAMS = {
     "inference": "stages.inference",
     "neuron-finetune": "stages.neuron_finetune",
     "nxd-adapter": "stages.nxd_adapter",
+    "nxd-data": "stages.nxd_data",
     "upload": "stages.upload",
     "tune-config": "stages.tune_config",
 }

@@ -1,24 +1,28 @@
 """nxd-adapter: turn a neuronx-distributed (NxD) LoRA adapter into a PEFT adapter, or inspect what NxD saved.
 
 NxD adapters are not PEFT adapters (stages.md defect 13): other config field names, no peft_type/task_type/base
-model, and possibly a fused `qkv_proj`. `export` renames, unfuses and writes a full PEFT config; the q/k/v LoRA
-pairs are split exactly (the shared lora_A is copied, lora_B is cut by rows), never averaged (defect 18).
-`inspect` checks that the saved keys match the save mode asked for (defect 12: merge_sharded_lora=True silently
-turns save_lora_base/merge_lora off).
+model, a fused `qkv_proj`, and one file per tensor-parallel rank. `export` gathers the TP shards, unfuses q/k/v
+exactly (lora_A is shared, lora_B is cut by rows, never averaged: defect 18), drops the KV-head replication, and
+writes a full PEFT config. `inspect` checks that the saved keys match the save mode asked for (defect 12).
 
-The on-disk layout below is taken from stages.md 3.4 (and the NxD LoraConfig field names); it has NOT been
-verified against real NxD output, since no Trainium is available here:
+The layout is NxD 2.28's (tag v2.28.0; the facts, each with its upstream file, are in
+tests/fixtures/neuronx_distributed_2_28.json, which the tests build their NxD saves from):
 
-    <adapter-dir>/<tag>/model/dp_rank_XX_tp_rank_XX_pp_rank_XX.pt   torch.save'd dicts of tensors
-    <adapter-dir>/<tag>/done                                       written when the save completed
-    <adapter-dir>/adapter_config.json    NxD config (save_lora_config_adapter=False, NxD >= 2.23), or a
-                                         `lora_config` entry inside a shard (save_lora_config_adapter=True)
+    <adapter-dir>/<tag>/model/dp_rank_00_tp_rank_XX_pp_rank_00.pt   torch.save'd dict per TP rank
+                                       (trainer/checkpoint.py save_checkpoint + _get_path)
+    <adapter-dir>/<tag>/done           "1", written after every rank finished
+    <adapter-dir>/adapter_config.json  the LoraConfig's saved fields (save_lora_config_adapter=False), or a
+                                       `lora_config` entry in each shard (True)   (modules/lora/model.py)
 
-Keys look like `...layers.<i>.self_attn.<proj>.lora_A.weight` / `.lora_B.weight` (an adapter name such as
-`.default.` is tolerated). A fused GQA projection has one shared `qkv_proj.lora_A.weight` and either
-`qkv_proj.lora_B.weight_q/_k/_v` or one `qkv_proj.lora_B.weight_qkv` (or `.weight`) holding the rows [q; k; v].
-With merge_sharded_lora=True (adapter_save_mode: adapter) the tensors are gathered to full size; a key whose
-shape or values differ between ranks' files is TP-sharded and refused.
+Keys are `model.layers.<i>.self_attn.<proj>.lora_A.weight` / `.lora_B.weight`; the GQA `qkv_proj`
+(qkv_linear) has lora_B `weight_q/_k/_v` or, with fuse_qkv, `weight_qkv` = [q; k; v] of that rank
+(modules/lora/tp_layer.py, modules/qkv_linear.py). TP sharding: ColumnParallel lora_B and every GQA lora_B on
+dim 0, RowParallel (o_proj, down_proj) lora_A on dim 1, the other factor whole on every rank. The k/v rows are
+the KV rows replicated kv_replicator times, tiled on trn1 (master.repeat(m, 1), modules/qkv_linear.py; NxD's own
+merge keeps chunk(m)[0] of them, the same order). trn2 replicates with repeat_interleave instead, an order this
+exporter has not been checked against, so the nxd family refuses export_adapter there. The pipeline saves with
+merge_sharded_lora=False, because NxD 2.28's own gather truncates the GQA q rows to 1/kv_replicator; a save that
+was gathered anyway is read when its shapes are full, and a truncated one is refused.
 """
 
 from __future__ import annotations
@@ -28,29 +32,52 @@ import json
 import pickle
 import re
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from stages.common import StageError, entry, log, write_json, write_manifest
 
 SHARD_RE = re.compile(r"dp_rank_(\d+)_tp_rank_(\d+)_pp_rank_(\d+)\.pt")
-KEY_RE = re.compile(r"(?:^|\.)layers\.(\d+)\.(self_attn|mlp)\.([A-Za-z0-9_]+)\.(lora_A|lora_B)(?:\.[A-Za-z0-9_]+)?"
+KEY_RE = re.compile(r"(?:^|\.)layers\.(\d+)\.(self_attn|mlp)\.([A-Za-z0-9_]+)\.(lora_A|lora_B)"
                     r"\.(weight|weight_qkv|weight_q|weight_k|weight_v)$")
-PLAIN = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+COLUMN = {"q_proj", "k_proj", "v_proj"}  # ColumnParallelLinear in NxD's modeling_llama_nxd.py: lora_B on dim 0
+ROW = {"o_proj", "down_proj"}  # RowParallelLinear: lora_A sharded on dim 1
 MODES = ("adapter", "base_and_lora", "merged")
 
 
-def shard_files(adapter_dir: Path, tag: str) -> list[Path]:
+@dataclass(frozen=True)
+class Layout:
+    """How the finetune sharded the adapter: the base model's sizes and the KV replication (trn1 order)."""
+
+    dims: dict[str, int]
+    kv_replicator: int | None  # None: inferred from the shapes
+
+
+def shard_files(adapter_dir: Path, tag: str, tp: int | None = None) -> list[Path]:
+    """One file per TP rank, in rank order, of a completed save."""
     root = adapter_dir / tag
     if not (root / "done").exists():
         raise StageError(f"{root}: no `done` marker, so the NxD save did not complete",
-                         "did the finetune stage finish? it writes lora_adapter/<tag>/done last")
+                         "did the finetune stage finish? NxD writes lora_adapter/<tag>/done after every rank")
     if any((root / "model").glob("*.pt.tensors")):
         raise StageError(f"{root}/model was saved with xser (*.pt.tensors)", "train without --save_load_xser")
-    files = sorted(p for p in (root / "model").glob("*.pt") if SHARD_RE.fullmatch(p.name))
-    if not files:
-        raise StageError(f"{root}/model: no dp_rank_*_tp_rank_*_pp_rank_*.pt files")
-    return files
+    ranks: dict[int, Path] = {}
+    for path in (root / "model").glob("*.pt"):
+        match = SHARD_RE.fullmatch(path.name)
+        if not match:
+            continue
+        dp, rank, pp = (int(g) for g in match.groups())
+        if dp or pp:
+            raise StageError(f"{path}: dp or pp rank is not 0; export reads a tensor-parallel save with PP 1")
+        ranks[rank] = path
+    if not ranks:
+        raise StageError(f"{root}/model: no dp_rank_00_tp_rank_*_pp_rank_00.pt files")
+    if sorted(ranks) != list(range(len(ranks))):
+        raise StageError(f"{root}/model: TP rank files {sorted(ranks)} are not 0..{len(ranks) - 1}: some are missing")
+    if tp is not None and len(ranks) != tp:
+        raise StageError(f"{root}/model: {len(ranks)} TP rank file(s), but the finetune ran with TP {tp}")
+    return [ranks[rank] for rank in range(len(ranks))]
 
 
 def load_shards(files: list[Path]) -> list[tuple[Path, dict[str, Any]]]:
@@ -68,12 +95,11 @@ def load_shards(files: list[Path]) -> list[tuple[Path, dict[str, Any]]]:
     return loaded
 
 
-def gather(shards: list[tuple[Path, dict[str, Any]]]) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """One full tensor per key; copies in several ranks' files must be identical (gathered, not TP-sharded)."""
+def by_key(shards: list[tuple[Path, dict[str, Any]]]) -> tuple[dict[str, list[Any]], dict[str, Any] | None]:
+    """{key: its tensor in each rank's file, in rank order}, and the embedded `lora_config` if there is one."""
     import torch
 
-    tensors: dict[str, Any] = {}
-    origin: dict[str, Path] = {}
+    parts: dict[str, list[Any]] = defaultdict(list)
     config: dict[str, Any] | None = None
     for path, state in shards:
         for key, value in state.items():
@@ -82,13 +108,91 @@ def gather(shards: list[tuple[Path, dict[str, Any]]]) -> tuple[dict[str, Any], d
                 continue
             if not isinstance(value, torch.Tensor):
                 raise StageError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor")
-            if key not in tensors:
-                tensors[key], origin[key] = value, path
-            elif tensors[key].shape != value.shape or not torch.equal(tensors[key], value):
-                raise StageError(f"{key} differs between {origin[key].name} and {path.name}: the adapter is "
-                                 "TP-sharded (merge_sharded_lora=False)",
-                                 "export needs adapter_save_mode: adapter, which gathers the LoRA tensors")
-    return tensors, config
+            parts[key].append(value)
+    for key, values in parts.items():
+        if len(values) != len(shards):
+            raise StageError(f"{key} is in {len(values)} of the {len(shards)} rank files: the save is incomplete")
+        if any(v.shape != values[0].shape for v in values):
+            raise StageError(f"{key}: the rank files hold different shapes {sorted({tuple(v.shape) for v in values})}")
+    return dict(parts), config
+
+
+def whole(key: str, parts: list[Any]) -> Any:
+    """A factor NxD keeps whole on every rank (lora_A of a column layer, lora_B of a row layer): rank 0's, as
+    NxD's own merge_sharded_lora_weights keeps it."""
+    del key
+    return parts[0]
+
+
+def sharded(key: str, parts: list[Any], dim: int, size: int) -> Any:
+    """The full tensor from per-rank shards on `dim` (or from a save gathered already: every rank whole)."""
+    import torch
+
+    each = parts[0].shape[dim]
+    if each * len(parts) == size:
+        return torch.cat(parts, dim=dim)
+    if each == size:
+        return parts[0]
+    raise StageError(f"{key}: {each} on dim {dim} in each of {len(parts)} rank file(s); expected {size} in all "
+                     "for this base model")
+
+
+def kv_rows(key: str, parts: list[Any], layout: Layout) -> Any:
+    """A GQA k or v lora_B: gather the ranks, then keep one copy of the KV rows, tiled kv_replicator times."""
+    import torch
+
+    kv, n, each = layout.dims["kv"], len(parts), parts[0].shape[0]
+    replicas = layout.kv_replicator or (each * n // kv if each * n % kv == 0 else 0)
+    if each == kv and each * n != kv * replicas:
+        return parts[0]  # gathered and de-replicated by NxD already (merge_sharded_lora=True), or TP 1
+    if replicas < 1 or each * n != kv * replicas:
+        raise StageError(f"{key}: {each} rows in each of {n} rank file(s) is not {kv} KV rows x kv_replicator "
+                         f"{layout.kv_replicator or '?'}")
+    copies = torch.cat(parts, dim=0).reshape(replicas, kv, -1)
+    for i in range(1, replicas):  # NxD sums the replicas' gradients (modules/qkv_linear_utils.py): copies stay equal
+        if not torch.allclose(copies[i], copies[0], rtol=1e-3, atol=1e-6):
+            raise StageError(f"{key}: KV replica {i} differs from replica 0, so these shards are not in trn1's tiled "
+                             "replication order", "export reads saves made on trn1/trn1n")
+    return copies[0].clone()
+
+
+def gqa_qkv(where: str, entries: dict[str, tuple[str, list[Any]]], layout: Layout) -> dict[str, tuple[Any, Any]]:
+    """LoraGQAQKVParallelLinear -> q/k/v pairs sharing lora_A (modules/lora/tp_layer.py, modules/qkv_linear.py)."""
+    q, kv = layout.dims["q"], layout.dims["kv"]
+    a = whole(*need(entries, "lora_A.weight", where))
+    if "lora_B.weight" in entries:
+        key, parts = entries["lora_B.weight"]
+        if len(parts) > 1:
+            raise StageError(f"{key}: a ColumnParallel qkv_proj (fuse_qkv without qkv_linear) interleaves q/k/v "
+                             "in its TP shards (stride 3), which export does not unpick", "train with qkv_linear")
+        b_q, b_k, b_v = parts[0].split([q, kv, kv], dim=0)
+    elif "lora_B.weight_qkv" in entries:  # fuse_qkv: each rank holds cat(q_r, k_r, v_r)
+        key, parts = entries["lora_B.weight_qkv"]
+        n, rows = len(parts), parts[0].shape[0]
+        q_each = q // n
+        kv_each, odd = divmod(rows - q_each, 2)
+        if q % n or odd or kv_each <= 0:
+            raise StageError(f"{key}: {rows} rows per rank do not split into q {q}/{n} + 2 equal k/v parts")
+        pieces = [part.split([q_each, kv_each, kv_each], dim=0) for part in parts]
+        b_q = sharded(key, [p[0] for p in pieces], 0, q)
+        b_k = kv_rows(key + "[k]", [p[1] for p in pieces], layout)
+        b_v = kv_rows(key + "[v]", [p[2] for p in pieces], layout)
+    else:
+        key, parts = need(entries, "lora_B.weight_q", where)
+        m = layout.kv_replicator or 1
+        if m > 1 and parts[0].shape[0] * m == q and parts[0].shape[0] * len(parts) != q:
+            raise StageError(f"{key}: {parts[0].shape[0]} q rows per file = 1/{m} of {q}: NxD 2.28's "
+                             "merge_sharded_lora truncated them", "train with merge_sharded_lora unset (false)")
+        b_q = sharded(key, parts, 0, q)
+        b_k = kv_rows(*need(entries, "lora_B.weight_k", where), layout)
+        b_v = kv_rows(*need(entries, "lora_B.weight_v", where), layout)
+    return {"q_proj": (a, b_q), "k_proj": (a, b_k), "v_proj": (a, b_v)}
+
+
+def need(entries: dict[str, tuple[str, list[Any]]], name: str, where: str) -> tuple[str, list[Any]]:
+    if name not in entries:
+        raise StageError(f"{where}: no {name} (has {', '.join(sorted(entries))})")
+    return entries[name]
 
 
 def nxd_config(adapter_dir: Path, explicit: Path | None, embedded: dict[str, Any] | None) -> dict[str, Any]:
@@ -109,21 +213,20 @@ def base_dims(model_dir: Path) -> dict[str, int]:
     heads, hidden = int(cfg["num_attention_heads"]), int(cfg["hidden_size"])
     head_dim = int(cfg.get("head_dim") or hidden // heads)
     kv = int(cfg.get("num_key_value_heads") or heads)
-    return {"hidden": hidden, "q": heads * head_dim, "kv": kv * head_dim, "mlp": int(cfg["intermediate_size"]),
-            "layers": int(cfg["num_hidden_layers"])}
+    return {"hidden": hidden, "q": heads * head_dim, "kv": kv * head_dim,
+            "mlp": int(cfg["intermediate_size"]), "layers": int(cfg["num_hidden_layers"])}
 
 
 def in_out(module: str, dims: dict[str, int]) -> tuple[int, int]:
     return {"q_proj": (dims["hidden"], dims["q"]), "k_proj": (dims["hidden"], dims["kv"]),
             "v_proj": (dims["hidden"], dims["kv"]), "o_proj": (dims["q"], dims["hidden"]),
-            "gate_proj": (dims["hidden"], dims["mlp"]), "up_proj": (dims["hidden"], dims["mlp"]),
             "down_proj": (dims["mlp"], dims["hidden"])}[module]
 
 
-def unfuse(tensors: dict[str, Any], dims: dict[str, int]) -> dict[tuple[int, str, str], tuple[Any, Any]]:
-    """NxD keys -> {(layer, block, module): (lora_A, lora_B)} with PEFT module names."""
-    groups: dict[tuple[int, str, str], dict[str, Any]] = defaultdict(dict)
-    for key, value in tensors.items():
+def lora_pairs(parts: dict[str, list[Any]], layout: Layout) -> dict[tuple[int, str, str], tuple[Any, Any]]:
+    """NxD keys and TP shards -> {(layer, block, module): (lora_A, lora_B)} full tensors with PEFT module names."""
+    groups: dict[tuple[int, str, str], dict[str, tuple[str, list[Any]]]] = defaultdict(dict)
+    for key, values in parts.items():
         if "lora_" not in key:
             raise StageError(f"{key}: not a LoRA tensor; an adapter-only save holds lora_ keys only",
                              "adapter_save_mode: adapter (save_lora_base=False) is what export reads")
@@ -131,48 +234,46 @@ def unfuse(tensors: dict[str, Any], dims: dict[str, int]) -> dict[tuple[int, str
         if not match:
             raise StageError(f"{key}: not a LoRA key this exporter understands")
         layer, block, module, ab, suffix = match.groups()
-        groups[(int(layer), block, module)][f"{ab}.{suffix}"] = value
+        groups[(int(layer), block, module)][f"{ab}.{suffix}"] = (key, values)
     pairs: dict[tuple[int, str, str], tuple[Any, Any]] = {}
-    for (layer, block, module), parts in sorted(groups.items()):
+    for (layer, block, module), entries in sorted(groups.items()):
         where = f"layers.{layer}.{block}.{module}"
-        if "lora_A.weight" not in parts:
-            raise StageError(f"{where}: no lora_A.weight")
-        a = parts["lora_A.weight"]
-        if module in PLAIN:
-            if "lora_B.weight" not in parts:
-                raise StageError(f"{where}: no lora_B.weight")
-            pairs[(layer, block, module)] = (a, parts["lora_B.weight"])
-        elif module == "qkv_proj":
-            if {"lora_B.weight_q", "lora_B.weight_k", "lora_B.weight_v"} <= parts.keys():
-                b_q, b_k, b_v = parts["lora_B.weight_q"], parts["lora_B.weight_k"], parts["lora_B.weight_v"]
-            else:
-                fused = parts.get("lora_B.weight_qkv", parts.get("lora_B.weight"))
-                if fused is None:
-                    raise StageError(f"{where}: no lora_B weight_q/_k/_v nor weight_qkv")
-                rows = dims["q"] + 2 * dims["kv"]
-                if fused.shape[0] != rows:
-                    raise StageError(f"{where}: fused lora_B has {fused.shape[0]} rows, expected q+k+v = {rows}")
-                b_q, b_k, b_v = fused.split([dims["q"], dims["kv"], dims["kv"]], dim=0)
-            for name, b in (("q_proj", b_q), ("k_proj", b_k), ("v_proj", b_v)):
-                pairs[(layer, block, name)] = (a, b)
+        if module == "qkv_proj":
+            for name, pair in gqa_qkv(where, entries, layout).items():
+                pairs[(layer, block, name)] = pair
+        elif module in COLUMN:
+            fan_out = in_out(module, layout.dims)[1]
+            key, values = need(entries, "lora_B.weight", where)
+            pairs[(layer, block, module)] = (whole(*need(entries, "lora_A.weight", where)),
+                                             sharded(key, values, 0, fan_out))
+        elif module in ROW:
+            fan_in = in_out(module, layout.dims)[0]
+            key, values = need(entries, "lora_A.weight", where)
+            pairs[(layer, block, module)] = (sharded(key, values, 1, fan_in),
+                                             whole(*need(entries, "lora_B.weight", where)))
+        elif module == "gate_up_proj":
+            raise StageError(f"{where}: NxD's gate_up_proj is a stride-2 ColumnParallelLinear whose TP shards "
+                             "interleave gate and up rows; export does not unpick them",
+                             "target qkv_proj, o_proj or down_proj")
         else:
-            raise StageError(f"{where}: unknown module {module!r} (known: qkv_proj, {', '.join(sorted(PLAIN))})")
+            raise StageError(f"{where}: unknown module {module!r} (known: qkv_proj, "
+                             f"{', '.join(sorted(COLUMN | ROW))})")
     return pairs
 
 
 def export(adapter_dir: Path, tag: str, base_model: Path, base_model_id: str, output: Path,
-           config_path: Path | None) -> dict[str, Any]:
+           config_path: Path | None, tp: int | None = None, kv_replicator: int | None = None) -> dict[str, Any]:
     from safetensors.torch import save_file
 
     dims = base_dims(base_model)
-    tensors, embedded = gather(load_shards(shard_files(adapter_dir, tag)))
+    parts, embedded = by_key(load_shards(shard_files(adapter_dir, tag, tp)))
     cfg = nxd_config(adapter_dir, config_path, embedded)
     r = int(cfg.get("r") or cfg["lora_rank"])
     if cfg.get("bias", "none") != "none" or cfg.get("modules_to_save"):
         raise StageError("LoRA biases and modules_to_save are not exported", "train with bias='none'")
     if cfg.get("save_lora_base") or cfg.get("merge_lora"):
         raise StageError("the NxD config says the base model was saved or merged; export reads adapter-only saves")
-    pairs = unfuse(tensors, dims)
+    pairs = lora_pairs(parts, Layout(dims, kv_replicator))
     modules = sorted({module for _, _, module in pairs})
     for layer in range(dims["layers"]):
         missing = [m for m in modules if not any((layer, b, m) in pairs for b in ("self_attn", "mlp"))]
@@ -230,10 +331,13 @@ def main(argv: list[str] | None = None) -> int:
     exp.add_argument("--base-model-id", required=True, help="written as base_model_name_or_path")
     exp.add_argument("--output", required=True, type=Path)
     exp.add_argument("--config", type=Path, help="NxD adapter_config.json; default <adapter-dir>/adapter_config.json")
+    exp.add_argument("--tp-size", type=int, help="the finetune's TP degree: that many rank files are required")
+    exp.add_argument("--kv-replicator", type=int, help="the trainer's --kv_replicator (default: from the shapes)")
     ins.add_argument("--mode", required=True, choices=MODES)
     args = parser.parse_args(argv)
     if args.action == "export":
-        export(args.adapter_dir, args.tag, args.base_model, args.base_model_id, args.output, args.config)
+        export(args.adapter_dir, args.tag, args.base_model, args.base_model_id, args.output, args.config,
+               args.tp_size, args.kv_replicator)
     else:
         inspect(args.adapter_dir, args.tag, args.mode)
     return 0

@@ -6,7 +6,11 @@ Render-only here (no Trainium), but every value the reference scripts got wrong 
 - `type=bool` converter flags are emitted only when true (defect 10);
 - the four NxD LoRA save fields are all rendered from one `adapter_save_mode`, and the combination in which
   `merge_sharded_lora=True` silently cancels `save_lora_base`/`merge_lora` is refused at validation (defect 12);
-- the NxD adapter is converted into a PEFT adapter by `python -m stages nxd-adapter` (defect 13).
+- the NxD adapter is converted into a PEFT adapter by `python -m stages nxd-adapter` (defect 13);
+- the LoRA fields, trainer flags, pins and adapter layout are checked in tests against the facts of
+  neuronx-distributed 2.28 (tag v2.28.0) kept in tests/fixtures/neuronx_distributed_2_28.json, each with its
+  upstream file (issue 9: no `enable_lora` field, `--use_gpu_compatible_precision 0`, tensorboard, TP shards);
+- `prepare_data` holds an eval split out of the trainer's data and `evaluate` gives the base-vs-tuned verdict.
 """
 
 from __future__ import annotations
@@ -29,20 +33,26 @@ INSTANCES: dict[str, tuple[int, str]] = {
 }
 
 # One pinned stack (Neuron SDK 2.28 wheels, stages.md 2.2, plus the tutorial's pins of stages.md 3.1); defect 20.
-# torch-neuronx goes first so that pip never resolves a CUDA torch for the later packages.
+# torch-neuronx goes first so that pip never resolves a CUDA torch for the later packages. The rest is NxD 2.28's
+# examples/training/llama/requirements.txt + requirements_ptl.txt (tensorboard included: the trainer's
+# NeuronTensorBoardLogger is Lightning's TensorBoardLogger, which raises without it), peft for the merge stage
+# and what convert/prepare_data use.
 PINS: dict[str, Any] = {
     "python": "python3.10",
     "first": ["torch-neuronx==2.8.0.2.12.22436", "neuronx-cc==2.23.6484.0"],
     "then": ["neuronx-distributed==0.17.26814", "transformers==4.48.0", "datasets<=3.6.0", "lightning==2.4.0",
-             "pytorch-lightning==2.4.0", "peft==0.14.0", "blobfile", "tiktoken", "nltk", "safetensors",
-             "huggingface_hub<1.0"],
+             "pytorch-lightning==2.4.0", "tensorboard", "regex", "sentencepiece", "tenacity", "s3transfer",
+             "awscrt", "peft==0.14.0", "blobfile", "tiktoken", "nltk", "safetensors", "huggingface_hub<1.0"],
 }
 NEURON_INDEX = "https://pip.repos.neuron.amazonaws.com"
 
-# The four NxD LoraConfig save fields per mode (stages.md 3.4). merge_sharded_lora=True gathers the TP shards into
-# full tensors but forces save_lora_base/merge_lora to False, so it is only ever set in `adapter` mode.
+# The four NxD LoraConfig save fields per mode (stages.md 3.4). merge_sharded_lora is False in every mode: in NxD
+# 2.28 (src/neuronx_distributed/modules/lora/model.py, state_dict / merge_sharded_lora_weights) it forces
+# save_lora_base/merge_lora to False, and for the GQA qkv_proj it cuts every gathered lora_B, weight_q included, to
+# its first 1/kv_size_multiplier rows: q would lose 3/4 of its rows at kv_replicator 4. Each TP rank's shard is
+# saved instead and `nxd-adapter export` gathers them (stages/nxd_adapter.py).
 SAVE_MODES: dict[str, dict[str, bool]] = {
-    "adapter": {"save_lora_base": False, "merge_lora": False, "merge_sharded_lora": True,
+    "adapter": {"save_lora_base": False, "merge_lora": False, "merge_sharded_lora": False,
                 "save_lora_config_adapter": False},
     "base_and_lora": {"save_lora_base": True, "merge_lora": False, "merge_sharded_lora": False,
                       "save_lora_config_adapter": False},
@@ -78,7 +88,8 @@ class NxdSettings(Strict):
     fuse_qkv: bool = False
     lora: NxdLora = Field(default_factory=NxdLora)
     adapter_save_mode: Literal["adapter", "base_and_lora", "merged"] = "adapter"
-    merge_sharded_lora: bool | None = Field(None, description="override; True only makes sense in `adapter` mode")
+    merge_sharded_lora: bool | None = Field(None, description="override; True only makes sense in `adapter` mode "
+                                                         "and is refused with qkv_linear and kv_replicator > 1")
     seq_len: Annotated[int, Field(gt=0)] = PACKED_LEN
     micro_batch_size: Annotated[int, Field(gt=0)] = 1
     global_batch_size: Annotated[int, Field(gt=0)] = 1
@@ -87,8 +98,12 @@ class NxdSettings(Strict):
     max_steps: Annotated[int, Field(gt=0)] = 20
     seed: int = 12349
     use_mix_precision: bool = False
-    data_dir: str = "databricks/databricks-dolly-15k"
+    data_dir: str = Field("databricks/databricks-dolly-15k", description="a Hub dataset id, s3:// or a path; read by "
+                          "prepare_data when the pipeline has that stage, else handed to the trainer as is")
     task: str = "open_qa"
+    eval_fraction: Annotated[float, Field(gt=0, lt=1)] = Field(
+        0.05, description="share of the task's rows prepare_data keeps out of training for the evaluate stage")
+    split_seed: int = 42
     rdzv_port: Annotated[int, Field(gt=1023, lt=65536)] = 44000
     root_comm_port: Annotated[int, Field(gt=1023, lt=65536)] = 48620
     inflight_requests: Annotated[int, Field(gt=0)] = 3
@@ -121,6 +136,11 @@ class NxdSettings(Strict):
         if self.merge_sharded_lora and self.adapter_save_mode != "adapter":
             raise ValueError(f"merge_sharded_lora: true silently forces save_lora_base and merge_lora to false, "
                              f"which contradicts adapter_save_mode {self.adapter_save_mode!r}")
+        if self.merge_sharded_lora and self.qkv_linear and self.kv_replicator > 1:
+            raise ValueError(f"merge_sharded_lora: true with qkv_linear and kv_replicator {self.kv_replicator}: NxD "
+                             f"2.28 cuts the gathered qkv_proj lora_B (q rows included) to 1/{self.kv_replicator}, "
+                             "so the saved q LoRA is truncated; leave merge_sharded_lora unset (export gathers "
+                             "the TP shards)")
         return self
 
     @property
@@ -163,10 +183,18 @@ class NxdSettings(Strict):
 
     @property
     def lora_config(self) -> dict[str, Any]:
-        """Every NxD LoraConfig field the trainer gets, rendered explicitly (its own are hard-coded)."""
-        return {"enable_lora": True, "lora_rank": self.lora.r, "lora_alpha": self.lora.alpha,
+        """Every NxD LoraConfig field the trainer gets, rendered explicitly (its own are hard-coded). Only fields of
+        the 2.28 dataclass (src/neuronx_distributed/modules/lora/config.py): `enable_lora` went in 2.21, and an
+        unknown keyword is a TypeError; LoRA itself is switched on by the trainer's --enable_lora flag."""
+        return {"lora_rank": self.lora.r, "lora_alpha": self.lora.alpha,
                 "lora_dropout": self.lora.dropout, "bias": "none", "lora_verbose": True,
                 "target_modules": self.target_modules, "lora_save_dir": "lora_adapter", **self.save_fields}
+
+    @property
+    def data_source(self) -> str:
+        """What `stages fetch-data` reads: a Hub id becomes hf://datasets/<id>."""
+        local = self.data_dir.startswith(("/", ".", "~", "s3://", "hf://"))
+        return self.data_dir if local else f"hf://datasets/{self.data_dir}"
 
     @property
     def model_slug(self) -> str:
@@ -187,6 +215,10 @@ class NxdSettings(Strict):
 
     def grad_accum(self, nodes: int) -> int:
         return max(1, self.global_batch_size // (self.micro_batch_size * self.data_parallel(nodes)))
+
+
+class EvaluateParams(Params):
+    max_loss_ratio: Annotated[float, Field(gt=0)] = 1.0  # tuned held-out loss must be below base x this
 
 
 class InferenceParams(Params):
@@ -232,10 +264,46 @@ def _check(source: yamlsrc.Located, pipeline: Pipeline, settings: Any) -> None:
     if "convert" in kinds and settings.pretrained_ckpt is not None:
         raise error_at(source, ("settings", "pretrained_ckpt"), "pretrained_ckpt is set but the pipeline also "
                        "converts a checkpoint: finetune would load only one of them", "drop one of the two")
-    if "export_adapter" in kinds and settings.adapter_save_mode != "adapter":
-        raise error_at(source, ("stages", kinds["export_adapter"]),
-                       f"export_adapter needs adapter_save_mode: adapter, not {settings.adapter_save_mode!r} "
-                       "(only that mode gathers the TP-sharded LoRA into full tensors)")
+    _check_data_stages(source, pipeline, kinds)
+    if "export_adapter" in kinds:
+        _check_export(source, kinds["export_adapter"], settings)
+
+
+def _check_export(source: yamlsrc.Located, index: int, settings: NxdSettings) -> None:
+    """What `nxd-adapter export` can turn into a PEFT adapter (NxD 2.28 layouts, stages/nxd_adapter.py)."""
+    if settings.adapter_save_mode != "adapter":
+        raise error_at(source, ("stages", index), f"export_adapter needs adapter_save_mode: adapter, not "
+                       f"{settings.adapter_save_mode!r} (the other modes save base weights, not a LoRA adapter)")
+    if settings.hw_backend != "trn1":
+        raise error_at(source, ("settings", "instance_type"), f"export_adapter reads saves made on trn1 only: on "
+                       f"{settings.instance_type} NxD replicates the KV rows with repeat_interleave "
+                       "(modules/qkv_linear.py), an order the exporter has not been checked against",
+                       "use trn1.32xlarge / trn1n.32xlarge, or drop export_adapter")
+    if settings.fuse_qkv and not settings.qkv_linear:
+        raise error_at(source, ("settings", "fuse_qkv"), "export_adapter cannot unpick a fused qkv_proj without "
+                       "qkv_linear: its TP shards interleave q, k and v (ColumnParallelLinear, stride 3)",
+                       "set qkv_linear: true")
+    if "gate_up_proj" in settings.target_modules:
+        raise error_at(source, ("settings", "lora", "target_modules"), "export_adapter cannot unpick gate_up_proj: "
+                       "its TP shards interleave gate and up rows (ColumnParallelLinear, stride 2)",
+                       "target qkv_proj, o_proj and/or down_proj")
+
+
+def _check_data_stages(source: yamlsrc.Located, pipeline: Pipeline, kinds: dict[str, int]) -> None:
+    """finetune reads prepare_data's train split when there is one; evaluate needs that split and the merged model."""
+    needs = {"finetune": ["prepare_data"], "evaluate": ["prepare_data", "merge"]}
+    for kind, required in needs.items():
+        if kind not in kinds or (kind == "finetune" and "prepare_data" not in kinds):
+            continue
+        stage = pipeline.stages[kinds[kind]].name
+        for other in required:
+            if other not in kinds:
+                raise error_at(source, ("stages", kinds[kind]), f"{kind} needs a `{other}` stage before it",
+                               f"add {{name: {other}, kind: {other}}}")
+            name = pipeline.stages[kinds[other]].name
+            if name not in _ancestors(pipeline, stage):
+                raise error_at(source, ("stages", kinds[kind]), f"{stage} does not wait for {name!r}, whose "
+                               "output it reads", f"add {name!r} to its `after:`")
 
 
 def _context(settings: Any) -> dict[str, Any]:
@@ -249,11 +317,14 @@ FAMILY = Family(
     kinds={
         "create_env": Kind("nxd/create_env.sh.j2"),
         "download": Kind("nxd/download.sh.j2", DownloadParams, model_outputs),
+        "prepare_data": Kind("nxd/prepare_data.sh.j2", outputs=lambda s, p: [
+            "data/task_rows.jsonl", "data/nxd_train/dataset_dict.json"]),
         "convert": Kind("nxd/convert.sh.j2", outputs=lambda s, p: [f"{s.converted_dir}/pretrained_weight/model"]),
         "finetune": Kind("nxd/finetune.sh.j2", outputs=lambda s, p: ["nxd_finetune/lora_adapter/lora/done"]),
         "export_adapter": Kind("nxd/export_adapter.sh.j2", outputs=lambda s, p: [
             "adapter_peft/adapter_config.json", "adapter_peft/adapter_model.safetensors"]),
         "merge": Kind("nxd/merge.sh.j2", outputs=lambda s, p: ["final_model_output/config.json"]),
+        "evaluate": Kind("nxd/evaluate.sh.j2", EvaluateParams, lambda s, p: ["reports/evaluate.json"]),
         "inference": Kind("nxd/inference.sh.j2", InferenceParams, lambda s, p: ["reports/inference.json"]),
     },
     check=_check,

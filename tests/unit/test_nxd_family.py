@@ -1,8 +1,15 @@
 """The nxd family (seed 000, NxD + Lightning tensor-parallel LoRA): golden scripts, the reference defects fixed in
-what is rendered, and settings/pipeline checks that refuse inconsistent specs before anything is submitted."""
+what is rendered, and settings/pipeline checks that refuse inconsistent specs before anything is submitted.
+
+neuronx-distributed cannot be installed off Trainium: the rendered trainer/converter command lines and LoRA fields
+are checked against its 2.28 API facts in tests/fixtures/neuronx_distributed_2_28.json (argparse flags and the
+LoraConfig dataclass fields extracted from the v2.28.0 sources, each fact with its upstream file). The argparse
+parsers and the dataclass below are rebuilt from those facts and stand in for the real ones."""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import os
 import re
@@ -19,7 +26,11 @@ from tests.conftest import REPO
 EXAMPLE = REPO / "examples" / "llama3-8b-nxd-tp-lora-trn1.yaml"
 GOLDEN = REPO / "tests" / "golden" / "llama3-8b-nxd-tp-lora-trn1"
 UPDATE = os.environ.get("PIPELINE_UPDATE_GOLDEN") == "1"
-STAGES = ["create_env", "download", "convert", "finetune", "export_adapter", "merge", "inference"]
+STAGES = ["create_env", "download", "prepare_data", "convert", "finetune", "export_adapter", "merge", "evaluate",
+          "inference"]
+FACTS = json.loads((REPO / "tests" / "fixtures" / "neuronx_distributed_2_28.json").read_text())
+TRAINER_MARKER = '"$RUN/launch_ptl.py" "$TRAINER"'
+CONVERTER_MARKER = 'python "$CONVERTER"'
 
 
 def scripts(path=EXAMPLE) -> dict[str, str]:
@@ -41,6 +52,41 @@ def command_flags(text: str, marker: str) -> dict[str, str | None]:
             nxt = argv[i + 1] if i + 1 < len(argv) else None
             flags[arg] = None if nxt is None or nxt.startswith("--") else nxt
     return flags
+
+
+def expanded_argv(script: str, marker: str) -> list[str]:
+    """The argv bash gives the program after `marker`, with the script's own TP/PP and stand-in paths."""
+    joined = script.replace("\\\n", " ")
+    line = next(l for l in joined.splitlines() if marker in l).split(marker, 1)[1]
+    env = {"PATH": os.environ["PATH"], "WORKDIR": "/w", "RUN": "/w/nxd_finetune", "PRETRAINED": "/w/ck",
+           "MODEL_CONFIG": "/n/config.json", "FULL_STATE": "/w/full.bin", "OUT": "/w/out",
+           **dict(re.findall(r"^(TP|PP)=(\d+)$", script, re.M))}
+    out = subprocess.run(["bash", "-c", f"printf '%s\\0' {line}"], env=env, capture_output=True, text=True,
+                         check=True)
+    return out.stdout.split("\0")[:-1]
+
+
+def parser_from_facts(flags: dict[str, dict]) -> argparse.ArgumentParser:
+    """The upstream argparse rebuilt from the fixture (same names, types, actions, required, choices)."""
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    types = {"int": int, "float": float, "str": str, "bool": bool}
+    for name, spec_ in flags.items():
+        kwargs: dict = {"required": spec_.get("required", False)}
+        if "action" in spec_:
+            kwargs["action"] = spec_["action"]
+        else:
+            kwargs["type"] = types[spec_.get("type", "str")]
+            if "choices" in spec_:
+                kwargs["choices"] = spec_["choices"]
+        parser.add_argument(name, **kwargs)
+    return parser
+
+
+def parse_with_facts(flags: dict[str, dict], argv: list[str]) -> argparse.Namespace:
+    """Parse like upstream would; an unknown flag, a missing value or a bad int is an error (not SystemExit)."""
+    args, unknown = parser_from_facts(flags).parse_known_args(argv)
+    assert not unknown, f"flags the 2.28 parser does not have: {unknown}"
+    return args
 
 
 def test_chain_matches_golden_files():
@@ -83,8 +129,85 @@ def test_converter_and_trainer_share_the_qkv_settings():
             and 'OUT="$WORKDIR/"nxd_checkpoints/Meta-Llama-3-8B-tp32-pp1-qkvlinear-kv4' in rendered["convert"])
     for flag in ("--enable_lora", "--sequence_parallel_enabled", "--selective_checkpoint_enabled"):
         assert flag in train
-    assert train["--data_dir"] == "databricks/databricks-dolly-15k" and train["--task"] == "open_qa"
+    assert train["--data_dir"] == "$WORKDIR/data/nxd_train" and train["--task"] == "open_qa"
     assert train["--seq_len"] == "2048" and train["--max_steps"] == train["--steps_this_run"] == "20"
+
+
+def test_trainer_flags_parse_with_the_2_28_trainer_argparse():
+    """Every rendered flag exists in NxD 2.28's lightning/tp_llama_hf_finetune_ptl.py with a value of its type, and
+    the combination its optimizer setup accepts is rendered: without --use_zero_1 the default
+    --use_gpu_compatible_precision 1 asks for master weights, and trainer/trainer.py raises (fixture
+    optimizer_setup, mixed_precision); upstream's test_llama_lora_finetune.sh passes 0."""
+    trainer = FACTS["trainer"]
+    argv = expanded_argv(scripts()["finetune"], TRAINER_MARKER)
+    args = parse_with_facts(trainer["flags"], argv)
+    for flag in trainer["required_in_practice"]:
+        assert flag in argv, flag
+    rule = FACTS["optimizer_setup"]["rule"]
+    assert not args.use_zero_1 and rule == {"without_flag": "--use_zero_1", "flag": "--use_gpu_compatible_precision",
+                                            "must_be": "0"}
+    assert args.use_gpu_compatible_precision == 0
+    assert args.enable_lora and args.qkv_linear == 1 and args.kv_replicator == 4 and args.fuse_qkv == 0
+    assert args.tensor_parallel_size == 32 and args.steps_this_run == args.max_steps == 20
+    # What upstream's integration script passes, we pass too (its --hf_token/--num_train_epochs aside: the
+    # tokenizer is read from the local --model_name copy, and max_steps ends training).
+    upstream = set(FACTS["integration_script"]["flags"]) - {"--hf_token", "--num_train_epochs"}
+    assert upstream <= set(a for a in argv if a.startswith("--"))
+
+
+def test_a_removed_or_mistyped_trainer_flag_fails_the_check():
+    """The check above has teeth: the 2.28 parser (from the fixture) refuses what the old NxD trainers had."""
+    flags = FACTS["trainer"]["flags"]
+    with pytest.raises(AssertionError, match="--use_amp"):
+        parse_with_facts(flags, ["--use_amp", "1"])
+    with pytest.raises(argparse.ArgumentError):
+        parse_with_facts(flags, ["--qkv_linear", "true"])
+
+
+def test_converter_flags_parse_with_the_2_28_converter_argparse():
+    """checkpoint_converter.py (CheckpointConverterBase.get_arg_parser) at 2.28: --hw_backend and --output_dir are
+    required, and its type=bool flags are only ever rendered with the value 1 (any value parses as True)."""
+    conv = FACTS["converter"]["flags"]
+    argv = expanded_argv(scripts()["convert"], CONVERTER_MARKER)
+    args = parse_with_facts(conv, argv)
+    assert args.hw_backend == "trn1" and args.tp_size == 32 and args.pp_size == 1 and args.kv_size_multiplier == 4
+    assert args.qkv_linear is True and args.convert_from_full_state
+    bool_flags = {name for name, f in conv.items() if f.get("type") == "bool"}
+    for i, arg in enumerate(argv):
+        if arg in bool_flags:
+            assert argv[i + 1] == "1", arg
+
+
+def test_lora_fields_are_fields_of_the_2_28_lora_config():
+    """The fields rendered into launch_ptl.py and checked by create_env are accepted by NxD 2.28's LoraConfig
+    dataclass (modules/lora/config.py, rebuilt from the fixture): `enable_lora`, removed in 2.21, would be a
+    TypeError at start."""
+    facts = FACTS["lora_config"]
+    lora_config = dataclasses.make_dataclass("LoraConfig", [(k, object, dataclasses.field(default=v))
+                                                            for k, v in facts["fields"].items()])
+    for text in (scripts()["finetune"], scripts()["create_env"]):
+        fields = json.loads(text.split("<<'PIPELINE_LORA_EOF'\n", 1)[1].split("\nPIPELINE_LORA_EOF", 1)[0])
+        assert set(fields) <= set(facts["fields"]) and not set(fields) & set(facts["removed"])
+        lora_config(**fields)
+        with pytest.raises(TypeError, match="enable_lora"):
+            lora_config(**fields, enable_lora=True)
+    assert ("from neuronx_distributed.modules.lora import LoraConfig; LoraConfig(**json.load(sys.stdin))"
+            in scripts()["create_env"].split("\nfi\n")[-1])  # on every run, reused env or not
+
+
+def test_env_has_what_the_2_28_example_requires():
+    """examples/training/llama/requirements.txt + requirements_ptl.txt at 2.28 (fixture requirements), tensorboard
+    above all: the trainer's NeuronTensorBoardLogger is Lightning 2.4's TensorBoardLogger, which raises without
+    tensorboard or tensorboardX (fixture logger)."""
+    pins = nxd.PINS["first"] + nxd.PINS["then"]
+    names = {re.split(r"[=<>~!]", p)[0].replace("_", "-").lower() for p in pins}
+    for req in FACTS["requirements"]["packages"]:
+        name = re.split(r"[=<>~!]", req)[0].replace("_", "-").lower()
+        assert name in names, req
+        if "==" in req:
+            assert req in pins, req  # the same exact pin
+    assert set(FACTS["logger"]["needs_one_of"]) & names
+    assert "import torch_neuronx, neuronx_distributed, lightning, tensorboard" in scripts()["create_env"]
 
 
 def test_converter_bool_flags_only_when_true(write_spec):
@@ -116,8 +239,8 @@ def test_lora_save_fields_are_explicit_and_cwd_is_set():
     fields = json.loads(body)
     assert {k: fields[k] for k in ("save_lora_base", "merge_lora", "merge_sharded_lora",
                                    "save_lora_config_adapter")} == {
-        "save_lora_base": False, "merge_lora": False, "merge_sharded_lora": True, "save_lora_config_adapter": False}
-    assert fields["enable_lora"] is True and fields["lora_rank"] == 16 and fields["lora_alpha"] == 32
+        "save_lora_base": False, "merge_lora": False, "merge_sharded_lora": False, "save_lora_config_adapter": False}
+    assert fields["lora_rank"] == 16 and fields["lora_alpha"] == 32
     assert fields["target_modules"] == ["qkv_proj"] and fields["lora_save_dir"] == "lora_adapter"
     launch = code(text).split("torchrun --nnodes")[0]
     assert launch.rstrip().endswith('cd "$RUN"')  # relative lora_adapter/ lands in $RUN (defect 12)
@@ -160,6 +283,7 @@ def test_versions_pinned_and_recorded_per_run():
     ({"kv_replicator": 2}, "num_kv_heads x kv_replicator must equal tensor_parallel_size: 8 x 2 != 32"),
     ({"tensor_parallel_size": 12, "qkv_linear": False, "kv_replicator": 1}, "does not divide the 32 NeuronCores"),
     ({"adapter_save_mode": "merged", "merge_sharded_lora": True}, "silently forces save_lora_base"),
+    ({"merge_sharded_lora": True}, "NxD 2.28 cuts the gathered qkv_proj lora_B (q rows included) to 1/4"),
     ({"seq_len": 4096}, "packs every sample into 2048-token chunks"),
     ({"lora": {"target_modules": ["q_proj", "v_proj"]}}, "do not exist in the NxD model"),
     ({"qkv_linear": False, "kv_replicator": 4}, "kv_replicator only applies with qkv_linear"),
@@ -184,6 +308,14 @@ def test_inconsistent_settings_are_refused(settings, message, write_spec):
     ({}, ["finetune"], "add a `convert` stage before it, or set settings.pretrained_ckpt"),
     ({"pretrained_ckpt": "/fsx/ck"}, ["convert", "finetune"], "pretrained_ckpt is set but the pipeline also converts"),
     ({"adapter_save_mode": "merged"}, ["convert", "finetune", "export_adapter"], "export_adapter needs adapter_save_mode"),
+    ({"instance_type": "trn2.48xlarge", "tensor_parallel_size": 64, "kv_replicator": 8}, ["convert", "finetune", "export_adapter"],
+     "export_adapter reads saves made on trn1 only"),
+    ({"qkv_linear": False, "kv_replicator": 1, "fuse_qkv": True}, ["convert", "finetune", "export_adapter"],
+     "cannot unpick a fused qkv_proj without qkv_linear"),
+    ({"lora": {"target_modules": ["qkv_proj", "gate_up_proj"]}}, ["convert", "finetune", "export_adapter"],
+     "cannot unpick gate_up_proj"),
+    ({}, ["convert", "finetune", "export_adapter", "merge", "evaluate"], "evaluate needs a `prepare_data` stage"),
+    ({}, ["prepare_data", "convert", "finetune", "export_adapter", "evaluate"], "evaluate needs a `merge` stage"),
     ({"global_batch_size": 3, "tensor_parallel_size": 8, "qkv_linear": False, "kv_replicator": 1},
      ["convert", "finetune"], "not a multiple of micro_batch_size 1 x data parallel 4"),
 ])
@@ -212,6 +344,43 @@ def test_finetune_from_a_given_checkpoint_skips_convert(write_spec):
         "q_proj", "v_proj", "k_proj"]
 
 
+def test_held_out_rows_are_kept_from_the_trainer_and_evaluated():
+    """prepare_data writes the trainer's --data_dir as a load_from_disk folder with a "train" split (what NxD 2.28's
+    create_instruction_based_dataset reads from a directory, fixture data) without the rows evaluate holds out of
+    task_rows.jsonl with the same fraction and seed; evaluate compares merged vs base and is the verdict."""
+    rendered = scripts()
+    assert FACTS["data"]["local_dir_split"] == "train" and FACTS["data"]["filter_column"] == "category"
+    prep = command_flags(rendered["prepare_data"], "python -m stages nxd-data")
+    fetch = command_flags(rendered["prepare_data"], "python -m stages fetch-data")
+    assert fetch["--source"] == "hf://datasets/databricks/databricks-dolly-15k" and fetch["--format"] == "dolly"
+    assert prep["--train-dir"] == "$WORKDIR/data/nxd_train" and prep["--task"] == "open_qa"
+    train = command_flags(rendered["finetune"], TRAINER_MARKER)
+    assert train["--data_dir"] == prep["--train-dir"] and train["--task"] == prep["--task"]
+    assert '"$WORKDIR/data/nxd_train/dataset_dict.json"; do' in rendered["finetune"]  # checked before launch
+    ev = command_flags(rendered["evaluate"], "python -m stages evaluate")
+    assert ev["--data"] == prep["--rows"] == "$WORKDIR/data/task_rows.jsonl"
+    assert ev["--eval-fraction"] == prep["--eval-fraction"] == "0.05" and ev["--seed"] == prep["--seed"] == "42"
+    assert ev["--model"] == "$WORKDIR/final_model_output" and ev["--max-loss-ratio"] == "0.98"
+    assert ev["--compare-to"] == "$WORKDIR/model_artifacts/Meta-Llama-3-8B"
+    assert ev["--format"] == "dolly" and ev["--report"] == "$WORKDIR/reports/evaluate.json"
+    stages_ = {s.name: s for s in plan.build(spec.load(EXAMPLE)).stages}
+    assert stages_["evaluate"].after == ("merge",) and stages_["inference"].after == ("evaluate",)
+    assert "reports/evaluate.json" in stages_["evaluate"].outputs
+
+
+def test_without_prepare_data_the_trainer_reads_data_dir(write_spec):
+    path = write_spec("""
+        name: p
+        family: nxd
+        venv: /v
+        settings: {data_dir: /fsx/my-dolly-dir}
+        stages:
+          - {name: convert, kind: convert}
+          - {name: finetune, kind: finetune}
+    """)
+    assert command_flags(scripts(path)["finetune"], TRAINER_MARKER)["--data_dir"] == "/fsx/my-dolly-dir"
+
+
 def test_finetune_must_wait_for_convert(write_spec):
     path = write_spec("""
         name: p
@@ -238,9 +407,12 @@ def test_hostile_values_are_quoted(write_spec, tmp_path):
           task: "a b; touch {marker}"
         stages:
           - {{name: download, kind: download}}
+          - {{name: prepare_data, kind: prepare_data}}
           - {{name: convert, kind: convert}}
           - {{name: finetune, kind: finetune}}
           - {{name: export_adapter, kind: export_adapter}}
+          - {{name: merge, kind: merge}}
+          - {{name: evaluate, kind: evaluate}}
     """)
     for name, text in scripts(path).items():
         script = tmp_path / f"{name}.sh"

@@ -14,7 +14,10 @@ export PYTHONPATH="${PIPELINE_STAGES_PATH:-}${PYTHONPATH:+:$PYTHONPATH}"
 # NxD's PTL LoRA trainer (stages.md 3.2-3.4) with the reference launcher's defects fixed: one torchrun per node
 # with a real rendezvous and NEURON_RT_ROOT_COMM_ID on the head address, never localhost (defects 8, 9); memory
 # variables exported before torchrun (defect 23); the four LoRA save fields rendered explicitly and an explicit
-# working directory, so lora_adapter/ lands where export_adapter looks (defect 12).
+# working directory, so lora_adapter/ lands where export_adapter looks (defect 12). Every flag exists in NxD 2.28's
+# lightning/tp_llama_hf_finetune_ptl.py argparse; --use_gpu_compatible_precision 0 because its default 1 asks for
+# master weights, which NxD's optimizer setup refuses without ZeRO-1 (trainer/trainer.py; upstream's
+# test_llama_lora_finetune.sh passes 0 too).
 NXD_EXAMPLES=/fsx/ubuntu/neuronx-distributed/examples/training/llama
 TRAINER="$NXD_EXAMPLES/lightning/tp_llama_hf_finetune_ptl.py"
 MODEL_CONFIG=/fsx/ubuntu/neuronx-distributed/examples/training/llama/tp_zero1_llama_hf_pretrain/8B_config_llama3/config.json
@@ -35,7 +38,7 @@ export PIPELINE_NXD_LORA_CONFIG="$RUN/pipeline_lora_config.json"
 if [[ "${1:-}" != "--task" ]]; then
   # Once, on the batch host, before any node starts: inputs exist, the shards match TP x PP (defect 11), and the
   # launcher plus its LoRA fields are written to the shared run directory.
-  for f in "$TRAINER" "$MODEL_CONFIG" "$WORKDIR/model_artifacts/"Meta-Llama-3-8B/config.json; do
+  for f in "$TRAINER" "$MODEL_CONFIG" "$WORKDIR/model_artifacts/"Meta-Llama-3-8B/config.json "$WORKDIR/data/nxd_train/dataset_dict.json"; do
     [[ -f "$f" ]] || { echo "error: $f does not exist" >&2; exit 2; }
   done
   SHARDS=0
@@ -52,7 +55,7 @@ if [[ "${1:-}" != "--task" ]]; then
   # All NxD LoraConfig fields (mode adapter): the trainer hard-codes rank, alpha and
   # targets and leaves the save fields at defaults that changed between SDK releases.
   cat > "$PIPELINE_NXD_LORA_CONFIG" <<'PIPELINE_LORA_EOF'
-{"bias": "none", "enable_lora": true, "lora_alpha": 32, "lora_dropout": 0.05, "lora_rank": 16, "lora_save_dir": "lora_adapter", "lora_verbose": true, "merge_lora": false, "merge_sharded_lora": true, "save_lora_base": false, "save_lora_config_adapter": false, "target_modules": ["qkv_proj"]}
+{"bias": "none", "lora_alpha": 32, "lora_dropout": 0.05, "lora_rank": 16, "lora_save_dir": "lora_adapter", "lora_verbose": true, "merge_lora": false, "merge_sharded_lora": false, "save_lora_base": false, "save_lora_config_adapter": false, "target_modules": ["qkv_proj"]}
 PIPELINE_LORA_EOF
   cat > "$RUN/launch_ptl.py" <<'PIPELINE_LAUNCH_EOF'
 """Run NxD's PTL trainer with its LoraConfig fields replaced by the rendered ones (written by pipeline)."""
@@ -112,13 +115,14 @@ torchrun --nnodes="$PIPELINE_NNODES" --nproc_per_node=32 --rdzv_backend=c10d --r
   --model_path "$(dirname "$MODEL_CONFIG")" \
   --model_name "$WORKDIR/model_artifacts/"Meta-Llama-3-8B \
   --pretrained_ckpt "$PRETRAINED" \
-  --data_dir databricks/databricks-dolly-15k --task open_qa \
+  --data_dir "$WORKDIR/data/nxd_train" --task open_qa \
   --output_dir "$RUN/output" --log_dir "$RUN/logs" \
   --tensor_parallel_size "$TP" --seq_len 2048 \
   --batch_size 1 --grad_accum_usteps 1 \
   --max_steps 20 --steps_this_run 20 \
   --warmup_steps 5 --lr 0.0005 --seed 12349 \
   --qkv_linear 1 --kv_replicator 4 --fuse_qkv 0 \
+  --use_gpu_compatible_precision 0 \
   --enable_lora --sequence_parallel_enabled --selective_checkpoint_enabled
 # Inspect what was saved against the mode asked for (defect 12: a silently overridden mode shows up here).
 if [[ "${SLURM_NODEID:-0}" == 0 ]]; then
