@@ -6,6 +6,7 @@ submitted in topological order, each attempt recorded as soon as the scheduler a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -31,11 +32,23 @@ def run_root(spec: Spec, override: Path | None = None) -> Path:
     return statelib.pipeline_home() / "runs"
 
 
-def create_run(spec: Spec, plan: Plan, root: Path) -> Store:
-    """Write the run directory: spec copy, plan, scripts and a state file with every stage NOT_SUBMITTED."""
+def create_run(spec: Spec, plan: Plan, root: Path, hold: contextlib.ExitStack | None = None) -> Store:
+    """Write the run directory: spec copy, plan, scripts and a state file with every stage NOT_SUBMITTED.
+
+    It is assembled under a hidden staging name, entered in the run index, then renamed into place, so a kill at
+    any instant leaves either a complete, listed, resumable run or a staging folder that the next submit sweeps
+    away (nothing was submitted from it); never a directory `pipeline list` cannot see (issue 13 item 2).
+    With `hold`, the run lock is taken before the run becomes visible and stays held until `hold` closes.
+    """
     run_id = statelib.new_run_id(plan.pipeline)
-    paths = RunPaths(root / run_id)
-    paths.root.mkdir(parents=True, exist_ok=False)
+    root.mkdir(parents=True, exist_ok=True)
+    statelib.sweep_abandoned(root)
+    final = root / run_id
+    if final.exists():
+        raise PipelineError(f"{final} already exists", "submit again: run ids are unique per second")
+    paths = RunPaths(statelib.staging_dir(root, run_id))
+    paths.root.mkdir()
+    statelib.faultpoint("staging-created")
     paths.make_dirs()
     shutil.copyfile(spec.source.path, paths.spec_copy)
     for stage in plan.stages:
@@ -47,8 +60,14 @@ def create_run(spec: Spec, plan: Plan, root: Path) -> Store:
         spec_sha256=hashlib.sha256(spec.source.path.read_bytes()).hexdigest(), workdir=plan.workdir,
         stages={s.name: StageState(after=list(s.after)) for s in plan.stages},
     ))
-    statelib.register(run_id, paths.root)
-    return store
+    statelib.faultpoint("staged")
+    if hold is not None:
+        hold.enter_context(store.changing())  # flock follows the inode through the rename
+    statelib.register(run_id, final)  # first: from the rename on, the run is listed
+    statelib.faultpoint("indexed")
+    os.rename(paths.root, final)
+    statelib.faultpoint("visible")
+    return Store(final)
 
 
 def submit_stages(store: Store, plan: Plan, scheduler: Scheduler, names: set[str]) -> list[str]:
@@ -70,6 +89,8 @@ def submit_stages(store: Store, plan: Plan, scheduler: Scheduler, names: set[str
             submitted[name] = job_id
             with store.update() as state:
                 state.stages[name].attempts.append(Attempt(job_id=job_id))
+            statelib.faultpoint("recorded", name)
+        statelib.faultpoint("before-release")
     finally:
         # Release what was accepted even when a later sbatch failed: status shows the truth and
         # `pipeline rerun` submits the rest (the NOT_SUBMITTED stages) with dependencies on these.
@@ -113,15 +134,48 @@ def adopt_orphans(store: Store, scheduler: Scheduler) -> dict[str, str]:
 
 
 def resume(store: Store, plan: Plan, scheduler: Scheduler) -> list[str]:
-    """Finish an interrupted submission: adopt tagged jobs, submit stages that never got one, release all."""
+    """Finish an interrupted submission: adopt tagged jobs, repair or replace any that cannot run, submit stages
+    that never got one, release all. Returns one line per thing it did besides that (for the user)."""
     adopt_orphans(store, scheduler)
+    notes, broken = [], set()
+    for name, stage in store.read().stages.items():
+        if stage.current is None or stage.state is not JobState.PENDING:
+            continue
+        runnable, note = scheduler.repair(store.paths.root, name, stage.current.job_id)
+        if not runnable:
+            broken.add(name)
+            notes.append(f"stage {name}: job {stage.current.job_id} cannot run ({note}): cancelled, submitted again")
+        elif note:
+            notes.append(f"stage {name}: job {stage.current.job_id} repaired: {note}")
+    if broken:
+        _withdraw(store, scheduler, dag.downstream(plan.parents(), sorted(broken)), broken)
     state = store.read()
-    missing = {n for n, s in state.stages.items() if s.state is JobState.NOT_SUBMITTED}
+    missing = {n for n, s in state.stages.items()
+               if s.state is JobState.NOT_SUBMITTED or (n in _redo(plan, broken) and not s.state.ok)}
     new_ids = submit_stages(store, plan, scheduler, missing) if missing else []
     held = [s.current.job_id for s in store.read().stages.values()
             if s.current and s.state is JobState.PENDING and s.current.job_id not in new_ids]
     scheduler.release(held)  # jobs a killed submit left held (releasing a non-held pending job is harmless)
-    return new_ids
+    return notes
+
+
+def _redo(plan: Plan, broken: set[str]) -> set[str]:
+    return dag.downstream(plan.parents(), sorted(broken)) if broken else set()
+
+
+def _withdraw(store: Store, scheduler: Scheduler, names: set[str], broken: set[str]) -> None:
+    """Cancel the held jobs of `names` (broken ones and the dependents whose afterok points at them) and record
+    them CANCELLED at once, so the resubmission below does not wait for accounting to notice."""
+    state = store.read()
+    ids = [s.current.job_id for n, s in state.stages.items() if n in names and s.current and s.state.active]
+    scheduler.cancel(ids)
+    with store.update() as fresh:
+        for name in names:
+            current = fresh.stages[name].current
+            if current is not None and current.job_id in ids:
+                current.state = JobState.CANCELLED
+                current.reason = ("cancelled by resume: could not run" if name in broken
+                                  else "cancelled by resume: its dependency was submitted again")
 
 
 def select_rerun(state: RunState, plan: Plan, stage: str | None, from_stage: str | None) -> set[str]:
@@ -164,20 +218,36 @@ def rerun(store: Store, plan: Plan, scheduler: Scheduler, stage: str | None = No
 
 
 def cancel(store: Store, plan: Plan, scheduler: Scheduler, stage: str | None = None) -> list[str]:
-    """Cancel the active jobs of the run, or of one stage and everything downstream of it."""
+    """Cancel every live job of the run, or of one stage and everything downstream of it: every attempt, not
+    only the latest, and tagged jobs the state file never recorded (a duplicate, a submit killed before its
+    state write), so nothing of the stage keeps running (issue 13 item 3)."""
     state = store.read()
-    names = set(state.stages) if stage is None else dag.downstream(plan.parents(), [stage])
     if stage is not None and stage not in state.stages:
-        raise PipelineError(f"run {state.run_id} has no stage {stage!r}")
-    ids = [s.current.job_id for n, s in state.stages.items()
-           if n in names and s.current is not None and not s.state.terminal]
+        raise PipelineError(f"run {state.run_id} has no stage {stage!r}", f"stages: {', '.join(state.stages)}")
+    names = set(state.stages) if stage is None else dag.downstream(plan.parents(), [stage])
+    recorded = [a for n, s in state.stages.items() if n in names for a in s.attempts]
+    ended = {a.job_id for a in recorded if a.state.terminal}
+    candidates = [a.job_id for a in recorded if not a.state.terminal]
+    for ids in scheduler.find_tagged(store.paths.root, state.run_id, sorted(names)).values():
+        candidates += [j for j in ids if j not in ended and j not in candidates]
+    ids = _live(scheduler, candidates)
     if ids:
         scheduler.cancel(ids)
         with store.update() as fresh:
             for name in names:
-                current = fresh.stages[name].current
-                if current is not None and current.job_id in ids:
-                    current.reason = "cancel requested"
+                for attempt in fresh.stages[name].attempts:
+                    if attempt.job_id in ids:
+                        attempt.reason = "cancel requested"
     return ids
 
 
+def _live(scheduler: Scheduler, candidates: list[str]) -> list[str]:
+    """Those of candidates still queued or running; all of them when the scheduler cannot say (scancel of a
+    finished job is harmless)."""
+    if not candidates:
+        return []
+    try:
+        found = scheduler.query(candidates)
+    except PipelineError:
+        return candidates
+    return [j for j in candidates if j not in found or found[j].state.active]

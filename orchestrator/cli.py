@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -83,8 +84,10 @@ def cmd_render(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     if args.resume:
         store, saved, scheduler = load_run(args.resume)
-        status.refresh([store.paths.root])
-        apply.resume(store, saved, scheduler)
+        with store.changing():
+            status.refresh([store.paths.root])
+            for line in apply.resume(store, saved, scheduler):
+                print(line, file=sys.stderr)
         print(store.read().run_id)
         return _wait(store.paths.root, quiet=False) if args.wait else 0
     if not args.file:
@@ -97,14 +100,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
     for note in secrets.not_handed_over(built.secrets, os.environ):
         print(f"note: {note}", file=sys.stderr)
     root = apply.run_root(loaded, Path(args.run_root) if args.run_root else None)
-    store = apply.create_run(loaded, built, root)
-    scheduler = for_cluster(built.cluster, store.paths.root)
-    run_id = store.read().run_id
-    try:
-        apply.submit_stages(store, built, scheduler, {s.name for s in built.stages})
-    except PipelineError as exc:
-        print(run_id)  # the run exists: whoever captures stdout gets its id, as after a clean submit
-        raise partial_submit(store, exc) from None
+    with contextlib.ExitStack() as hold:  # the run lock, from before the run is visible to the last state write
+        store = apply.create_run(loaded, built, root, hold)
+        scheduler = for_cluster(built.cluster, store.paths.root)
+        run_id = store.read().run_id
+        try:
+            apply.submit_stages(store, built, scheduler, {s.name for s in built.stages})
+        except PipelineError as exc:
+            print(run_id)  # the run exists: whoever captures stdout gets its id, as after a clean submit
+            raise partial_submit(store, exc) from None
     print(run_id)
     if args.wait:
         return _wait(store.paths.root, quiet=False)
@@ -196,8 +200,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_rerun(args: argparse.Namespace) -> int:
     store, saved, scheduler = load_run(args.run)
-    status.refresh([store.paths.root])
-    submitted = apply.rerun(store, saved, scheduler, args.stage, getattr(args, "from"))
+    with store.changing():  # a second rerun waits here, then sees the stage active and refuses
+        status.refresh([store.paths.root])
+        submitted = apply.rerun(store, saved, scheduler, args.stage, getattr(args, "from"))
     for name, job_id in submitted.items():
         print(f"{name}: {job_id}")
     if args.wait:
@@ -207,7 +212,8 @@ def cmd_rerun(args: argparse.Namespace) -> int:
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     store, saved, scheduler = load_run(args.run)
-    ids = apply.cancel(store, saved, scheduler, args.stage)
+    with store.changing():
+        ids = apply.cancel(store, saved, scheduler, args.stage)
     print(f"cancelled {len(ids)} job(s): {' '.join(ids)}" if ids else "nothing to cancel: no queued or running job")
     return 0
 

@@ -12,6 +12,9 @@ import json
 import os
 import re
 import secrets
+import shutil
+import signal
+import socket
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -25,6 +28,7 @@ from orchestrator.states import JobState
 
 SCHEMA_VERSION = 1
 LOCK_TIMEOUT_S = 60.0
+RUN_LOCK_TIMEOUT_S = 120.0  # a rerun submits a few jobs in seconds; a wait this long means something is stuck
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -89,6 +93,11 @@ class RunPaths:
         return self.root / ".state.lock"
 
     @property
+    def run_lock(self) -> Path:
+        """Held by submit, resume, rerun and cancel from their first state check to their last state write."""
+        return self.root / ".run.lock"
+
+    @property
     def spec_copy(self) -> Path:
         return self.root / "spec.yaml"
 
@@ -137,7 +146,8 @@ def atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
 
 
 @contextlib.contextmanager
-def locked(lock_path: Path, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+def locked(lock_path: Path, timeout: float = LOCK_TIMEOUT_S,
+           what: str = "another pipeline command is updating this run") -> Iterator[None]:
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         deadline = time.monotonic() + timeout
@@ -148,7 +158,7 @@ def locked(lock_path: Path, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
             except BlockingIOError:
                 if time.monotonic() > deadline:
                     raise StateError(f"{lock_path} stayed locked for {timeout:.0f} s",
-                                     "another pipeline command is updating this run; retry shortly") from None
+                                     f"{what}; retry shortly") from None
                 time.sleep(0.05)
         yield
     finally:
@@ -189,12 +199,80 @@ class Store:
             self.write(state)
 
     @contextlib.contextmanager
+    def changing(self, timeout: float = RUN_LOCK_TIMEOUT_S) -> Iterator[None]:
+        """The run lock: one command at a time changes which jobs a run has. Without it two `rerun --stage S`
+        started together both see S failed and both submit it (issue 13 item 3). It is a separate file from
+        the state lock, which update() takes (briefly) inside it, and status never takes it."""
+        with locked(self.paths.run_lock, timeout, what="another pipeline command (submit, rerun or cancel) is "
+                                                          "changing this run"):
+            yield
+
+    @contextlib.contextmanager
     def update(self) -> Iterator[RunState]:
         """Read-modify-write under the lock; the change is written only if the block finishes."""
         with locked(self.paths.lock):
             state = self.read()
             yield state
             self.write(state)
+
+
+FAULT_ENV = "PIPELINE_TEST_FAULT"
+
+
+def faultpoint(point: str, stage: str = "") -> None:
+    """Test-only: with PIPELINE_TEST_FAULT=<point>[:<stage>][:kill|pause], stop this process at that instant, so
+    a drill can land a kill exactly where a crash would hurt (issue 13 items 1-2) instead of hoping a timer does.
+    kill is SIGKILL (nothing runs after it, as with `kill -9`); pause waits for the test to deliver one."""
+    wanted = os.environ.get(FAULT_ENV)
+    if not wanted:
+        return
+    parts = wanted.split(":")
+    action = parts.pop() if parts[-1] in ("kill", "pause") else "kill"
+    if parts[0] != point or (len(parts) > 1 and parts[1] != stage):
+        return
+    if action == "pause":
+        marker = os.environ.get(FAULT_ENV + "_MARKER")
+        if marker:
+            Path(marker).write_text(f"{os.getpid()}\n", encoding="utf-8")
+        while True:
+            time.sleep(3600)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+STAGING_SUFFIX = ".creating"
+STAGING_MAX_AGE_S = 86400.0
+
+
+def staging_dir(root: Path, run_id: str) -> Path:
+    """Where a new run directory is assembled before it is renamed into place (and becomes visible)."""
+    return root / f".{run_id}.{socket.gethostname()}.{os.getpid()}{STAGING_SUFFIX}"
+
+
+def sweep_abandoned(root: Path) -> list[Path]:
+    """Remove run directories a killed submit left half-built: nothing was submitted from them (sbatch runs only
+    after the rename), so removing them loses nothing. Only those of a dead process on this host, or a day old."""
+    removed = []
+    for entry in root.glob(f".*{STAGING_SUFFIX}") if root.is_dir() else []:
+        _, host, pid = entry.name[: -len(STAGING_SUFFIX)].rsplit(".", 2)
+        try:
+            age = time.time() - entry.stat().st_mtime
+        except FileNotFoundError:
+            continue
+        mine_and_dead = host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid))
+        if mine_and_dead or age > STAGING_MAX_AGE_S:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def new_run_id(pipeline: str) -> str:

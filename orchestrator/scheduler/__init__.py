@@ -44,6 +44,7 @@ class Scheduler(Protocol):
     5. find_tagged() finds jobs by the run/stage tag alone, so a submission killed between sbatch and the
        state write never leads to a second job for the same stage.
     4. A job whose dependency fails is cancelled by the scheduler, never left pending forever.
+    6. repair() never lets resume release a job that cannot start (issue 13 item 1).
     """
 
     kind: str
@@ -58,6 +59,11 @@ class Scheduler(Protocol):
 
     def find_tagged(self, run_dir: Path, run_id: str, stages: Sequence[str]) -> dict[str, list[str]]:
         """Job ids the scheduler holds for each stage of this run, found by tag (after a crash), oldest first."""
+        ...
+
+    def repair(self, run_dir: Path, stage: str, job_id: str) -> tuple[bool, str | None]:
+        """Before resume releases a held job: can it run? (True, None) yes; (True, note) it could not but was
+        repaired (note says how); (False, why) it cannot, and must be cancelled and submitted again."""
         ...
 
 

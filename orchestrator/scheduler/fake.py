@@ -21,6 +21,7 @@ class FakeScheduler:
     fail_submit_of: str | None = None  # stage name whose submission is refused
     fail_query: bool = False
     next_id: int = 100
+    repairs: dict[str, tuple[bool, str | None]] = field(default_factory=dict)  # job id -> what repair() says
 
     def submit(self, request: SubmitRequest) -> str:
         if request.stage == self.fail_submit_of:
@@ -54,6 +55,9 @@ class FakeScheduler:
             if request.run_id == run_id and request.stage in stages:
                 found.setdefault(request.stage, []).append(job_id)
         return found
+
+    def repair(self, run_dir: object, stage: str, job_id: str) -> tuple[bool, str | None]:
+        return self.repairs.get(job_id, (True, None))
 
     def finish(self, job_id: str, state: JobState, exit_code: int = 0) -> None:
         """Test helper: move a job to a final state, cancelling dependents like --kill-on-invalid-dep."""

@@ -122,6 +122,9 @@ class LocalScheduler:
                 found.setdefault(job["stage"], []).append(_job_id(run_dir, number))
         return found
 
+    def repair(self, run_dir: Path, stage: str, job_id: str) -> tuple[bool, str | None]:
+        return True, None  # the job table entry is written before submit() returns: nothing can be half-made
+
     def query(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
         self.query_calls += 1
         found: dict[str, JobInfo] = {}

@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from orchestrator import proc
 from orchestrator.errors import CommandError, SchedulerError
@@ -19,6 +20,7 @@ from orchestrator.jobside import run_stage
 from orchestrator.scheduler import JobInfo, SubmitRequest
 from orchestrator.secrets import job_env
 from orchestrator.spec import ClusterProfile
+from orchestrator.state import faultpoint
 from orchestrator.states import JobState, from_slurm
 
 # Restarts is not a sacct field on 22.05; the restart count comes from the job-written records.
@@ -42,10 +44,8 @@ class SlurmScheduler:
         self.query_calls = 0  # RPCs made by query(); asserted by tests and the benchmark
 
     def submit(self, request: SubmitRequest) -> str:
-        import submitit  # imported here: render/validate must not need a cluster (style.md practice 3)
-
-        executor = submitit.SlurmExecutor(folder=request.run_dir / "submitit" / "%j",
-                                          python=self.cluster.python or sys.executable, max_num_timeout=0)
+        executor = _executor(request.run_dir / "submitit" / "%j", self.cluster.python or sys.executable,
+                             request.stage)
         # submitit spaces sbatch calls 0.2 s apart for large sweeps; a chain is a handful of jobs and the
         # submit-in-one-second target matters more (peers.md section 8, "Throughput and latency").
         executor._throttling = 0.0
@@ -102,6 +102,29 @@ class SlurmScheduler:
         if job_ids:
             # scancel of an already-finished job prints an error but is harmless: idempotent by contract.
             proc.run(["scancel", *job_ids], check=False, timeout=QUERY_TIMEOUT_S)
+
+    def repair(self, run_dir: Path, stage: str, job_id: str) -> tuple[bool, str | None]:
+        """submitit runs sbatch, then moves the job's pickle from submitit/<uuid>.pkl to
+        submitit/<id>/<id>_submitted.pkl (submitit 1.5.4 core/core.py Executor._internal_process_submissions,
+        utils.JobPaths.move_temporary_file). A submit killed between the two leaves a job that waits 60 s for a
+        pickle that never comes, or exits 0:53 when submitit/<id>/ (its --output folder) is missing. The pickle
+        is still on disk under its temporary name: find the one whose arguments are this run and stage, and
+        move it where the job looks."""
+        import submitit
+
+        folder = run_dir / "submitit"
+        paths = submitit.core.utils.JobPaths(folder / "%j", job_id=job_id)
+        if paths.submitted_pickle.exists():
+            return True, None
+        for candidate in sorted(folder.glob("*.pkl")):
+            try:
+                delayed = submitit.core.utils.DelayedSubmission.load(candidate)
+            except Exception:  # a torn pickle (killed mid-dump) or someone else's file: not this job's
+                continue
+            if tuple(delayed.args) == (str(run_dir), stage):
+                paths.move_temporary_file(candidate, "submitted_pickle")
+                return True, f"moved its submitit pickle from {candidate.name} into submitit/{job_id}/"
+        return False, f"its submitit pickle ({paths.submitted_pickle.name}) is missing and no copy was left"
 
     def find_tagged(self, run_dir: Path, run_id: str, stages: Sequence[str]) -> dict[str, list[str]]:
         names = {job_name(run_id, s): s for s in stages}
@@ -166,6 +189,20 @@ class SlurmScheduler:
         if out.returncode != 0 and "invalid job id" not in out.stderr.lower():
             raise SchedulerError(f"squeue failed: {out.stderr.strip()}")
         return parse_squeue(out.stdout)
+
+
+def _executor(folder: Path, python: str, stage: str) -> Any:
+    """submitit's SlurmExecutor with a test-only fault point right after sbatch accepted the job and before
+    submitit moves the job's pickle into place (orchestrator.state.faultpoint; issue 13 item 1)."""
+    import submitit  # imported here: render/validate must not need a cluster (style.md practice 3)
+
+    class Executor(submitit.SlurmExecutor):
+        def _submit_command(self, command: str) -> Any:
+            job = super()._submit_command(command)
+            faultpoint("sbatch-accepted", stage)
+            return job
+
+    return Executor(folder=folder, python=python, max_num_timeout=0)
 
 
 def parse_sacct(text: str) -> dict[str, JobInfo]:

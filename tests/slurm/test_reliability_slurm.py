@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -41,18 +42,27 @@ def test_submit_killed_at_many_points_resumes_without_duplicates(slurm_cluster, 
     path = write_spec(f"name: crash\ncluster: {CLUSTER}\nstages:\n"
                       + "".join(f'  - {{name: {n}, kind: command, run: "true"}}\n' for n in names))
     kills, corrupt, duplicates, resumed = 0, 0, 0, 0
-    for delay in [0.02 * i for i in range(1, 26)]:
+    # Python start-up before submit's first write varies with load (0.4-1.5 s on 2 shared cores): measure it, then
+    # spread the kills from just before it to past the last release.
+    started = time.monotonic()
+    assert _cli("submit", str(path), env={state.FAULT_ENV: "staging-created:kill"}).returncode == -signal.SIGKILL
+    first_write = time.monotonic() - started
+    for delay in [first_write - 0.1 + 0.03 * i for i in range(25)]:
         child = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "submit", str(path)],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(delay)
         child.send_signal(signal.SIGKILL)
         child.wait()
         kills += 1
+    listed = _cli("list", "--last", "100").stdout
+    staged = 0
     for run_dir in sorted((pipeline_home / "runs").iterdir()):
-        if not (run_dir / "state.json").exists():
-            # Killed before the state file existed: nothing may have been submitted for it.
-            assert tagged(run_dir.name, names) == {}
+        if run_dir.name.startswith("."):
+            # Killed while the run was being assembled: nothing was submitted; the next submit sweeps it away.
+            assert tagged(run_dir.name[1:].split(".")[0], names) == {}
+            staged += 1
             continue
+        assert run_dir.name in listed, f"{run_dir.name} exists but `pipeline list` does not show it"
         try:
             state.Store(run_dir).read()
         except Exception:
@@ -65,8 +75,10 @@ def test_submit_killed_at_many_points_resumes_without_duplicates(slurm_cluster, 
         assert set(jobs) == set(names), f"{run_dir.name}: stages without a job: {set(names) - set(jobs)}"
         saved = state.Store(run_dir).read()
         assert all(saved.stages[n].current.job_id == jobs[n][0] for n in names)
+    assert _cli("submit", str(path)).returncode == 0
+    assert not [p for p in (pipeline_home / "runs").iterdir() if p.name.startswith(".")]
     record_figure("submit_kill9", {"kills": kills, "runs_resumed": resumed, "corrupt": corrupt,
-                                   "duplicates": duplicates})
+                                   "duplicates": duplicates, "staging_folders_left_for_the_final_sweep": staged})
     assert corrupt == 0 and duplicates == 0 and kills == 25
 
 
@@ -262,3 +274,133 @@ stages:
     assert "Traceback" not in err
     assert wait_terminal(run_dir, timeout=60)["a"] is S.COMPLETED  # what was accepted was released, and ran
     record_figure("partial_submit", {"queued": 1, "not_submitted": 2, "run_id_printed": True})
+
+
+def _cli(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *argv], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=120, cwd=REPO)
+
+
+def _visible_runs(pipeline_home: Path) -> list[Path]:
+    return sorted(p for p in (pipeline_home / "runs").iterdir() if not p.name.startswith("."))
+
+
+@pytest.mark.parametrize("lose_pickle", [False, True], ids=["pickle-left", "pickle-lost"])
+def test_resume_never_releases_a_job_without_its_pickle(slurm_cluster, write_spec, pipeline_home, lose_pickle):
+    """Issue 13 item 1: submit is SIGKILLed right after sbatch accepted s1 and before submitit moved s1's pickle
+    into submitit/<id>/ (the test-only fault point in SlurmScheduler's executor). Resume must repair the job
+    (the pickle is still there under submitit's temporary name) or, when the pickle is gone too, cancel it and
+    submit s1 (and s2, whose afterok pointed at it) again, and say which. The old code released the job, which
+    then failed after submitit's 60 s wait."""
+    path = write_spec(f"name: pickle\ncluster: {CLUSTER}\nstages:\n"
+                      + "".join(f'  - {{name: s{i}, kind: command, run: "echo ran s{i}"}}\n' for i in range(3)))
+    killed = _cli("submit", str(path), env={state.FAULT_ENV: "sbatch-accepted:s1:kill"})
+    assert killed.returncode == -signal.SIGKILL
+    [run_dir] = _visible_runs(pipeline_home)
+    orphan = tagged(run_dir.name, ["s1"])["s1"]
+    leftovers = list((run_dir / "submitit").glob("*.pkl"))
+    assert len(orphan) == 1 and len(leftovers) == 1 and state.Store(run_dir).read().stages["s1"].current is None
+    if lose_pickle:
+        leftovers[0].unlink()
+    start = time.monotonic()
+    resumed = _cli("submit", "--resume", run_dir.name)
+    assert resumed.returncode == 0, resumed.stderr
+    if lose_pickle:
+        assert (f"stage s1: job {orphan[0]} cannot run (its submitit pickle ({orphan[0]}_submitted.pkl) is missing "
+                "and no copy was left): cancelled, submitted again") in resumed.stderr
+    else:
+        assert f"stage s1: job {orphan[0]} repaired: moved its submitit pickle from {leftovers[0].name}" in resumed.stderr
+    assert wait_terminal(run_dir, timeout=90) == {f"s{i}": S.COMPLETED for i in range(3)}
+    seconds = time.monotonic() - start
+    saved = state.Store(run_dir).read()
+    jobs = tagged(run_dir.name, ["s0", "s1", "s2"])
+    if lose_pickle:
+        assert [a.state for a in saved.stages["s1"].attempts] == [S.CANCELLED, S.COMPLETED]
+        assert len(jobs["s1"]) == 2 and len(jobs["s2"]) == 1  # s2 was never submitted before the kill
+    else:
+        assert saved.stages["s1"].current.job_id == orphan[0] and all(len(ids) == 1 for ids in jobs.values())
+    assert "ran s1" in (run_dir / "logs" / f"s1.{saved.stages['s1'].current.job_id}.log").read_text()
+    record_figure(f"kill_between_sbatch_and_pickle_{'lost' if lose_pickle else 'left'}",
+                  {"resume_to_completed_s": round(seconds, 1), "completed": 3,
+                   "action": "cancelled and resubmitted" if lose_pickle else "pickle moved into place"})
+
+
+KILL_POINTS = ["staging-created", "staged", "indexed", "visible", "sbatch-accepted:s0", "recorded:s0",
+               "sbatch-accepted:s2", "before-release"]
+
+
+def test_every_kill_point_of_submit_leaves_a_listed_resumable_run_or_nothing(slurm_cluster, write_spec,
+                                                                             pipeline_home):
+    """Issue 13 item 2: submit SIGKILLed at each instant where it changes something (test-only fault points).
+    Afterwards every run directory is either listed by `pipeline list` and completed by `submit --resume` with
+    one job per stage, or a hidden staging folder (nothing submitted from it) that the next submit removes.
+    The old code left folders holding only `.state.json.<pid>.tmp`, and runs with a state file but no index."""
+    path = write_spec(f"name: points\ncluster: {CLUSTER}\nstages:\n"
+                      + "".join(f'  - {{name: s{i}, kind: command, run: "true"}}\n' for i in range(3)))
+    outcomes = {}
+    for point in KILL_POINTS:
+        before = set((pipeline_home / "runs").iterdir()) if (pipeline_home / "runs").exists() else set()
+        assert _cli("submit", str(path), env={state.FAULT_ENV: f"{point}:kill"}).returncode == -signal.SIGKILL
+        new = set((pipeline_home / "runs").iterdir()) - before
+        visible = [p for p in new if not p.name.startswith(".")]
+        listed = _cli("list", "--last", "100").stdout
+        if not visible:
+            [staging] = new
+            run_id = staging.name[1:].split(".")[0]
+            assert tagged(run_id, ["s0", "s1", "s2"]) == {} and run_id not in listed
+            outcomes[point] = "staging folder, nothing submitted"
+            continue
+        [run_dir] = visible
+        assert run_dir.name in listed, f"{point}: {run_dir.name} not listed"
+        assert _cli("submit", "--resume", run_dir.name).returncode == 0
+        assert wait_terminal(run_dir, timeout=60) == {f"s{i}": S.COMPLETED for i in range(3)}
+        jobs = tagged(run_dir.name, ["s0", "s1", "s2"])
+        assert all(len(ids) == 1 for ids in jobs.values()) and len(jobs) == 3, (point, jobs)
+        outcomes[point] = "listed, resumed, 1 job per stage"
+    assert _cli("submit", str(path)).returncode == 0  # sweeps what the killed ones left half-built
+    leftovers = [p.name for p in (pipeline_home / "runs").iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+    assert all(run_dir.name in _cli("list", "--last", "100").stdout for run_dir in _visible_runs(pipeline_home))
+    record_figure("submit_kill_points", outcomes)
+
+
+def test_concurrent_reruns_submit_a_stage_once(slurm_cluster, write_spec):
+    """Issue 13 item 3: four `pipeline rerun RUN --stage b` started together: the run lock lets one submit b and
+    the others, waiting for the lock, then see b queued/running and refuse. `cancel --stage b` then cancels
+    every live job of b, including a duplicate the state file never recorded (what the old race left)."""
+    body = 'if [ -e "$WORKDIR/failed-once" ]; then sleep 60; else mkdir -p "$WORKDIR"; touch "$WORKDIR/failed-once"; exit 1; fi'
+    path = write_spec(f"""name: rerun4
+cluster: {CLUSTER}
+stages:
+  - {{name: a, kind: command, run: "true"}}
+  - {{name: b, kind: command, run: '{body}'}}
+  - {{name: c, kind: command, run: "true"}}
+""")
+    run_cli("submit", str(path))
+    run_dir = latest_run()
+    assert wait_terminal(run_dir, timeout=60) == {"a": S.COMPLETED, "b": S.FAILED, "c": S.CANCELLED}
+    argv = [sys.executable, "-m", "orchestrator.cli", "rerun", run_dir.name, "--stage", "b"]
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+             for _ in range(4)]
+    results = [(p.wait(timeout=120), *p.communicate()) for p in procs]
+    ok = [r for r in results if r[0] == 0]
+    refused = [r for r in results if r[0] == 1 and "still queued or running" in r[2]]
+    jobs = tagged(run_dir.name, ["b"])["b"]
+    assert len(ok) == 1 and len(refused) == 3, results
+    assert len(jobs) == 2  # the failed one and exactly one rerun
+    from orchestrator.cli import load_run
+    from orchestrator.scheduler import SubmitRequest
+
+    store, saved, scheduler = load_run(run_dir.name)
+    duplicate = scheduler.submit(SubmitRequest(run_dir=run_dir, run_id=run_dir.name, stage="b",
+                                               resources=saved.stage("b").resources))
+    cancelled = _cli("cancel", run_dir.name, "--stage", "b")
+    live_b = [j for j in jobs[1:] + [duplicate]]
+    assert cancelled.returncode == 0 and all(j in cancelled.stdout for j in live_b), cancelled.stdout
+    deadline = time.monotonic() + 30
+    while subprocess.run(["squeue", "-h", "-j", ",".join(live_b), "-o", "%i"], capture_output=True,
+                         text=True).stdout.strip():
+        assert time.monotonic() < deadline, "cancelled jobs still queued"
+        time.sleep(0.5)
+    record_figure("concurrent_reruns", {"started": 4, "submitted": len(ok), "refused": len(refused),
+                                        "jobs_of_stage": len(jobs), "cancel_stage_cancelled": len(live_b)})

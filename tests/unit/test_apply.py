@@ -131,3 +131,40 @@ def test_resume_adopts_orphans_and_submits_nothing_twice(run):
     assert per_stage == {"a": 1, "b": 1, "c": 1, "d": 1} and not fake.held
     apply.resume(store, built, fake)  # idempotent
     assert len(fake.requests) == 4
+
+
+def test_resume_replaces_a_job_that_cannot_run_and_its_dependents(run):
+    """A held job whose files a killed submit never finished (repair() says it cannot run) is cancelled and its
+    stage submitted again, with every held dependent whose afterok pointed at it; a repaired one is kept."""
+    store, built, fake = run
+    apply.submit_stages(store, built, fake, {s.name for s in built.stages})
+    first = {n: s.current.job_id for n, s in store.read().stages.items()}
+    fake.held.update(first.values())  # as if the submit died before its release
+    fake.repairs[first["b"]] = (False, "its pickle is missing")
+    fake.repairs[first["d"]] = (True, "moved it into place")
+    notes = apply.resume(store, built, fake)
+    state = store.read()
+    assert notes == [f"stage b: job {first['b']} cannot run (its pickle is missing): cancelled, submitted again",
+                     f"stage d: job {first['d']} repaired: moved it into place"]
+    assert sorted(fake.cancelled) == sorted([first["b"], first["c"]])
+    assert [a.state for a in state.stages["b"].attempts] == [JobState.CANCELLED, JobState.PENDING]
+    assert len(state.stages["c"].attempts) == 2 and len(state.stages["a"].attempts) == 1
+    new_b = state.stages["b"].current.job_id
+    assert fake.requests[state.stages["c"].current.job_id].after == (new_b,)
+    assert fake.requests[new_b].after == (first["a"],) and fake.held <= set(fake.cancelled)  # the rest released
+
+
+def test_cancel_stage_cancels_every_live_attempt_and_unrecorded_duplicates(run):
+    from orchestrator.scheduler import SubmitRequest
+
+    store, built, fake = run
+    apply.submit_stages(store, built, fake, {s.name for s in built.stages})
+    old_b = store.read().stages["b"].current.job_id
+    with store.update() as state:  # an older attempt still live (what two unlocked reruns left)
+        state.stages["b"].attempts.append(state.stages["b"].attempts[0].model_copy(update={"job_id": "999"}))
+    fake.jobs["999"] = fake.jobs[old_b]
+    dup = fake.submit(SubmitRequest(run_dir=store.paths.root, run_id=store.read().run_id, stage="b",
+                                    resources=built.stage("b").resources))
+    ids = apply.cancel(store, built, fake, stage="b")
+    c_job = store.read().stages["c"].current.job_id
+    assert sorted(ids) == sorted([old_b, "999", dup, c_job])
