@@ -94,16 +94,22 @@ def dolly_messages(row: dict[str, Any], system_prompt: str = DEFAULT_SYSTEM_PROM
     return [*messages, {"role": "user", "content": user}, {"role": "assistant", "content": row["response"]}]
 
 
+def chat_example(messages: list[dict[str, str]], tokenizer: Any) -> Example:
+    """The prompt is the template up to the assistant's turn; the answer is the rest of the rendered conversation,
+    so it ends the way the template ends a turn (SmolLM2: `<|im_end|>\n`), not with a guessed EOS token."""
+    prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    if full.startswith(prompt) and len(full) > len(prompt):
+        return Example(prompt, full[len(prompt):])
+    return Example(prompt, messages[-1]["content"] + (tokenizer.eos_token or ""))
+
+
 def to_examples(rows: list[dict[str, Any]], fmt: str, tokenizer: Any) -> list[Example]:
-    eos = tokenizer.eos_token or ""
-    if fmt == "dolly":
+    if fmt == "dolly" and not getattr(tokenizer, "chat_template", None):
+        eos = tokenizer.eos_token or ""
         return [Example(dolly_prompt(r["instruction"], r.get("context")), r["response"] + eos) for r in rows]
-    examples = []
-    for row in rows:
-        messages = row["messages"]
-        prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
-        examples.append(Example(prompt, messages[-1]["content"] + eos))
-    return examples
+    # A tokenizer with a chat template gets Dolly rows as Gen 2 upstream trains on them: system + user + assistant.
+    return [chat_example(dolly_messages(r) if fmt == "dolly" else r["messages"], tokenizer) for r in rows]
 
 
 def split(examples: list[Example], eval_fraction: float, seed: int) -> tuple[list[Example], list[Example]]:

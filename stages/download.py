@@ -1,8 +1,9 @@
 """download: model + tokenizer from the Hugging Face Hub, S3, a local path, or `tiny` (built here).
 
-The Hub token is read at run time (HF_TOKEN, or --token-file with mode 0600) and never printed. A missing
-token or an incomplete download exits non-zero (the reference get_model.py exited 0: stages.md defect 2), and
-the safetensors are kept as published rather than re-saved in fp32 (defect 15).
+A GGUF file (`gguf://<package>/<file>.gguf` or a path ending in .gguf: stages/gguf_source.py) is de-quantised
+once into HF safetensors. The Hub token is read at run time (HF_TOKEN, or --token-file with mode 0600) and never
+printed. A missing token or an incomplete download exits non-zero (the reference get_model.py exited 0:
+stages.md defect 2), and the safetensors are kept as published rather than re-saved in fp32 (defect 15).
 """
 
 from __future__ import annotations
@@ -13,7 +14,13 @@ import shutil
 import stat
 from pathlib import Path
 
+from stages import gguf_source
 from stages.common import StageError, entry, log, require_model_dir, write_manifest
+
+# What no stage of the chain reads: Meta's consolidated .pth copies under original/ (twice the bytes for Llama 3).
+# Seed 002 downloads with `--ignore-patterns "original/consolidated*"` (awsome-distributed-training
+# 3.test_cases/torchtune/slurm/tutorials/e2e-llama3-70b-development); every Hub download here does the same.
+IGNORE_PATTERNS = ["original/consolidated*"]
 
 
 def token(token_file: Path | None) -> str | None:
@@ -32,7 +39,7 @@ def from_hub(repo_id: str, output: Path, patterns: list[str], hf_token: str | No
     try:
         # Resumable: files already complete in local_dir are not fetched again.
         snapshot_download(repo_id, repo_type=repo_type, local_dir=output, allow_patterns=patterns or None,
-                          token=hf_token)
+                          ignore_patterns=IGNORE_PATTERNS if repo_type == "model" else None, token=hf_token)
     except GatedRepoError:
         raise StageError(f"{repo_id} is gated and {'the token has no access' if hf_token else 'no HF_TOKEN is set'}",
                          "accept the licence on the Hub and give the pipeline a token (secrets: HF_TOKEN)") from None
@@ -72,7 +79,8 @@ def from_s3(url: str, output: Path, endpoint: str | None) -> None:
 @entry
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stages download")
-    parser.add_argument("--source", required=True, help="tiny | hf://<repo> | s3://bucket/prefix | a local path")
+    parser.add_argument("--source", required=True, help="tiny | hf://<repo> | s3://bucket/prefix | "
+                        "gguf://<package>/<file>.gguf | a .gguf file | a local model directory")
     parser.add_argument("--output", required=True, type=Path)
     parser.add_argument("--dataset", type=Path, help="for `tiny`: the text its tokenizer is trained on")
     parser.add_argument("--allow-patterns", action="append", default=[])
@@ -92,10 +100,13 @@ def main(argv: list[str] | None = None) -> int:
         from_hub(source.removeprefix("hf://"), args.output, args.allow_patterns, token(args.token_file))
     elif source.startswith("s3://"):
         from_s3(source, args.output, args.s3_endpoint_url)
+    elif gguf_source.is_gguf_source(source):
+        gguf_source.convert(source, args.output)
     else:
         local = Path(source)
         if not local.is_dir():
-            raise StageError(f"{source}: not a directory, hf://repo or s3:// URL")
+            raise StageError(f"{source}: not a directory, hf://repo, s3:// URL or GGUF file",
+                             "model_source: tiny | hf://<repo> | s3://bucket/prefix | gguf://<package>/<file>.gguf")
         shutil.copytree(local, args.output, dirs_exist_ok=True)
     require_model_dir(args.output)
     manifest = write_manifest(args.output)
