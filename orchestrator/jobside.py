@@ -83,6 +83,7 @@ def _run_script(paths: RunPaths, plan: dict[str, Any], stage: str, job_id: str, 
     env.update(values)
     env.update(PIPELINE_RUN_DIR=str(paths.root), PIPELINE_STAGE=stage, PIPELINE_JOB_ID=job_id,
                PIPELINE_STAGES_PATH=STAGES_PATH, PIPELINE_PROGRESS_FILE=str(paths.progress(stage)),
+               PIPELINE_METRICS_FILE=str(paths.metrics(stage, job_id)),
                PYTHONUNBUFFERED="1")
     # Without `venv:`, `python`/`torchrun` in a stage are those of pipeline's own environment; a stage's
     # `source <venv>/bin/activate` still puts its own env first.

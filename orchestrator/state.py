@@ -130,6 +130,10 @@ class RunPaths:
         """Written by the stage program itself (e.g. finetune's step and loss); advisory, shown by status."""
         return self.records(stage) / "progress.json"
 
+    def metrics(self, stage: str, job_id: str) -> Path:
+        """The attempt's metrics history (JSONL, appended by the stage program, bounded in size; read by report)."""
+        return self.records(stage) / f"metrics.{job_id.replace('/', '_')}.jsonl"
+
     def make_dirs(self) -> None:
         for sub in ("scripts", "logs", "records", "submitit"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)

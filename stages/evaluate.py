@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from stages import data as datalib
-from stages.common import StageError, dtype_kwargs, entry, log, require_model_dir, write_json
+from stages.common import StageError, dtype_kwargs, entry, log, metric, require_model_dir, write_json
 
 WORSE_RC = 3
 # The release whose Python API (simple_evaluate, TaskManager, results layout) this program is written against.
@@ -235,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     if harness is not None:
         report["lm_eval"] = run_lm_eval(harness, args.model, args.adapter, args)
     write_json(args.report, report)
+    metric(event="evaluate", tuned=report["tuned"], base=report.get("base"), loss_ratio=report.get("loss_ratio"),
+           passed=report.get("passed"))
     if verdict:
         print(f"error: fine-tuned loss is not below {args.max_loss_ratio} x base loss", flush=True)
     return verdict

@@ -20,8 +20,8 @@ from typing import Any
 
 from stages import data as datalib
 from stages import sharding
-from stages.common import (StageError, dtype_kwargs, entry, log, newest_checkpoint, progress, require_model_dir,
-                           write_json)
+from stages.common import (StageError, dtype_kwargs, entry, log, metric, newest_checkpoint, progress,
+                           require_model_dir, write_json)
 
 INTERRUPTED_RC = 75
 _stop_requested = False
@@ -304,6 +304,8 @@ def train(args: argparse.Namespace) -> int:
             metrics.write(json.dumps({"step": step, "loss": round(loss_mean, 5), "lr": scheduler.get_last_lr()[0],
                                       "tokens_per_s": round(rate, 1)}) + "\n")
             metrics.flush()
+            metric(step=step, steps=steps, loss=round(loss_mean, 5), lr=scheduler.get_last_lr()[0],
+                   tokens_per_s=round(rate, 1))
         if step % 10 == 0 or step == 1:
             log(f"step {step}/{steps} loss {loss_mean:.4f} tokens/s {rate:.0f}")
         if time.monotonic() >= next_progress or step == steps:  # at most every 5 s: run dirs live on FSx
