@@ -302,6 +302,19 @@ def _forward_global(args: argparse.Namespace) -> int | None:
     return remote.forward(target, args.forward_argv, uploads)
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from orchestrator import report
+
+    run_dir = statelib.find_run(args.run)
+    page, png = report.write(run_dir, Path(args.out) if args.out else RunPaths(run_dir).root / "report")
+    print(f"{page}\n{png}")
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(page.resolve().as_uri())
+    return 0
+
+
 def cmd_dev_cluster(args: argparse.Namespace) -> int:
     from orchestrator import devcluster
 
@@ -358,6 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["describe"])
     p.add_argument("name", help="cluster profile with remote.hyperpod, or a HyperPod cluster name")
     p.add_argument("--region")
+    p = verb("report", cmd_report, "one HTML page + PNG: timeline, loss curves, evaluation, resources and cost")
+    p.add_argument("run", nargs="?", help="run id or directory (default: the latest run)")
+    p.add_argument("--out", help="folder for report.html and report.png (default: <run dir>/report)")
+    p.add_argument("--open", action="store_true", help="open the page in the default browser")
     p = verb("dev-cluster", cmd_dev_cluster, "boot or stop a throwaway Slurm cluster on this machine (root)")
     p.add_argument("action", choices=["up", "down", "status"])
     p.add_argument("--dir", default=str(Path.home() / ".pipeline" / "dev-cluster"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -67,7 +68,9 @@ def execute(run_dir: Path, stage: str, job_id: str) -> int:
             if missing:
                 rc, reason = OUTPUT_MISSING_RC, f"declared outputs missing: {', '.join(missing)}"
         log.write(f"=== pipeline: exit {rc}{' (' + reason + ')' if reason else ''} at {now_iso()}\n".encode())
-    record.update(end=now_iso(), exit_code=rc, reason=reason)
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)  # the script and what it waited for; for the report
+    record.update(end=now_iso(), exit_code=rc, reason=reason, cpu_s=round(used.ru_utime + used.ru_stime, 2),
+                  max_rss_kib=used.ru_maxrss)
     write_record(rec_path, record)
     return rc
 

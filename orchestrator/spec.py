@@ -147,6 +147,9 @@ class ClusterProfile(Strict):
     defaults: Resources = Field(default_factory=Resources)
     env: dict[Annotated[str, Field(pattern=ENV_NAME_RE)], str] = Field(default_factory=dict)
     remote: Remote | None = Field(None, description="submit from a laptop: run pipeline on this head node")
+    node_hour_price: dict[Word, Annotated[float, Field(gt=0)]] = Field(
+        default_factory=dict, description="price of one node-hour by instance type (key `default`: any other), "
+                                          "for the cost column of `pipeline report`")
 
 
 LOCAL_CLUSTER = ClusterProfile(name="local", scheduler="local")

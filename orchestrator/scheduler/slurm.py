@@ -9,8 +9,10 @@ parent ends before its child is registered (easybuild-framework PR #751).
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from orchestrator.states import JobState, from_slurm
 # Restarts is not a sacct field on 22.05; the restart count comes from the job-written records.
 SACCT_FIELDS = "JobIDRaw,State,ExitCode,NodeList,Start,End,Reason"
 SQUEUE_FORMAT = "%i|%T|%r|%N|%S"
+USAGE_FIELDS = "JobIDRaw,ElapsedRaw,NNodes,AllocTRES,TotalCPU,CPUTimeRAW,MaxRSS"
 QUERY_TIMEOUT_S = 30.0
 REQUEUABLE = frozenset({JobState.NODE_FAIL, JobState.PREEMPTED})
 
@@ -191,6 +194,16 @@ class SlurmScheduler:
         return parse_squeue(out.stdout)
 
 
+    def usage(self, job_ids: Sequence[str]) -> dict[str, Usage]:
+        """What each job used, for `pipeline report`: one sacct call with the job steps (MaxRSS is per step)."""
+        if not job_ids:
+            return {}
+        self.query_calls += 1
+        out = proc.run(["sacct", "-n", "-P", "-o", USAGE_FIELDS, "-j", ",".join(job_ids)], timeout=QUERY_TIMEOUT_S,
+                       hint="the report's resource table needs Slurm accounting (slurmdbd)")
+        return parse_usage(out.stdout)
+
+
 def _executor(folder: Path, python: str, stage: str) -> Any:
     """submitit's SlurmExecutor with a test-only fault point right after sbatch accepted the job and before
     submitit moves the job's pickle into place (orchestrator.state.faultpoint; issue 13 item 1)."""
@@ -232,6 +245,62 @@ def parse_squeue(text: str) -> dict[str, JobInfo]:
         result[job_id] = JobInfo(state=from_slurm(state), nodes=nodes or None, start=_time(start),
                                  reason=None if reason in ("", "None") else reason)
     return result
+
+
+@dataclass(frozen=True)
+class Usage:
+    """One job's accounting (sacct(1) fields): the allocation's elapsed time, nodes and TRES, the CPU time its
+    steps used (TotalCPU) against what it held (CPUTimeRAW), and the largest step's MaxRSS."""
+
+    elapsed_s: int
+    nodes: int
+    alloc_tres: dict[str, str]
+    total_cpu_s: float
+    cpu_time_s: int
+    max_rss_bytes: int | None
+
+
+def parse_usage(text: str) -> dict[str, Usage]:
+    jobs: dict[str, dict[str, str]] = {}
+    rss: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split("|")
+        if len(parts) < 7 or not parts[0]:
+            continue
+        job_id, step = parts[0].partition(".")[::2]
+        if not step:
+            jobs[job_id] = dict(zip(("elapsed", "nodes", "tres", "total_cpu", "cpu_time"), parts[1:6]))
+        size = _bytes(parts[6])
+        if size is not None:
+            rss[job_id] = max(rss.get(job_id, 0), size)
+    return {job_id: Usage(elapsed_s=_int(f["elapsed"]), nodes=_int(f["nodes"]),
+                          alloc_tres=dict(kv.partition("=")[::2] for kv in f["tres"].split(",") if "=" in kv),
+                          total_cpu_s=_duration_s(f["total_cpu"]), cpu_time_s=_int(f["cpu_time"]),
+                          max_rss_bytes=rss.get(job_id))
+            for job_id, f in jobs.items()}
+
+
+def _int(value: str) -> int:
+    return int(value) if value.isdigit() else 0
+
+
+def _bytes(value: str) -> int | None:
+    """sacct sizes: 1234K, 12.5M, 3G, or plain bytes."""
+    match = re.fullmatch(r"([0-9.]+)([KMGTP]?)", value.strip())
+    if not match:
+        return None
+    unit = match.group(2)
+    return int(float(match.group(1)) * (1024 ** ("KMGTP".index(unit) + 1) if unit else 1))
+
+
+def _duration_s(value: str) -> float:
+    """sacct TotalCPU: [DD-][HH:]MM:SS[.sss]."""
+    days, _, rest = value.rpartition("-")
+    try:
+        seconds = sum(float(part) * 60.0 ** i for i, part in enumerate(reversed(rest.split(":"))))
+        return seconds + (int(days) * 86400 if days else 0)
+    except ValueError:
+        return 0.0
 
 
 def _exit(code: str, sig: str) -> int | None:
