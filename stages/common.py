@@ -81,14 +81,17 @@ def log(message: str) -> None:
         print(message, flush=True)
 
 
-def newest_checkpoint(directory: Path) -> Path | None:
-    """The newest checkpoint-<N> whose `done` marker exists (written last), never a hard-coded step."""
+def newest_checkpoint(directory: Path, marker: str = "done") -> Path | None:
+    """The newest checkpoint-<N> whose completion marker exists (written last), never a hard-coded step.
+
+    `marker` is relative to checkpoint-<N>: our finetune writes `done` there; optimum-neuron saves through NxD's
+    save_checkpoint, which writes `done` inside the tag folder (e.g. `adapter_default/adapter_shards/done`)."""
     best: tuple[int, Path] | None = None
     if not directory.is_dir():
         return None
     for path in directory.iterdir():
         match = re.fullmatch(r"checkpoint-(\d+)", path.name)
-        if match and (path / "done").exists():
+        if match and (path / marker).is_file():
             step = int(match.group(1))
             if best is None or step > best[0]:
                 best = (step, path)

@@ -1,4 +1,4 @@
-"""Trainium + optimum-neuron: the 7-stage chain of seed 001 (stages.md section 2), defects fixed.
+"""Trainium + optimum-neuron: the chain of seed 001 (stages.md section 2), defects fixed, plus an evaluate verdict.
 
 One `settings` block drives both neuron_parallel_compile and finetune, so the compiled graphs match the
 training graphs (stages.md defect 7: any difference in nodes, TP, batch, GA or sequence length recompiles).
@@ -29,17 +29,26 @@ INSTANCES: dict[str, tuple[int, int]] = {
 PINS: dict[str, dict[str, Any]] = {
     "gen1": {
         "python": "python3.9",
+        "python_install": "sudo apt-get install -y python3.9-venv",
         "system_site_packages": True,
         "first": ["torch-neuronx==2.1.2.2.4.0", "neuronx-cc==2.16.372.0"],
         "then": ["neuronx-distributed==0.10.1", "neuronx-distributed-training==1.1.1", "optimum-neuron==0.1.0",
                  "transformers==4.48.3", "trl==0.11.4", "peft==0.14.0", "datasets==2.18.0"],
     },
     "gen2": {
+        # optimum-neuron 0.4.5 needs Python >=3.10,<3.12; the SDK 2.28 DLAMI is Ubuntu 24.04 (Python 3.12), so
+        # Gen 2 upstream (awslabs/awsome-distributed-training bce7ca54, submit_jobs/0.create_env.sh) installs 3.10
+        # from the deadsnakes PPA on every node.
         "python": "python3.10",
+        "python_install": "sudo add-apt-repository -y ppa:deadsnakes/ppa && sudo apt-get update && "
+                          "sudo apt-get install -y python3.10 python3.10-venv python3.10-dev",
         "system_site_packages": False,
-        # torch-neuronx first, so pip does not pull a CUDA torch for the later packages.
-        "first": ["torch-neuronx==2.8.0.2.12.22436", "neuronx-cc==2.23.6484.0"],
-        "then": ["neuronx-distributed==0.17.26814", "optimum-neuron[training]==0.4.5"],
+        # torch-neuronx first (with torchvision, as upstream), so pip does not pull a CUDA torch later.
+        "first": ["torch-neuronx==2.8.0.2.12.22436", "neuronx-cc==2.23.6484.0", "torchvision==0.23.0"],
+        # The versions optimum-neuron[training]==0.4.5 requires (its METADATA: transformers~=4.57.1,
+        # trl==0.24.0, peft==0.17.0), pinned exactly so every gen2 env resolves the same stack.
+        "then": ["neuronx-distributed==0.17.26814", "optimum-neuron[training]==0.4.5", "transformers==4.57.1",
+                 "trl==0.24.0", "peft==0.17.0"],
     },
 }
 NEURON_INDEX = "https://pip.repos.neuron.amazonaws.com"
@@ -57,7 +66,11 @@ class NeuronSettings(Strict):
     sdk: Literal["gen1", "gen2"] = "gen2"
     model_id: str = "meta-llama/Meta-Llama-3-8B-Instruct"
     model_source: str | None = Field(None, description="hf://id, s3://bucket/prefix or a path; default hf://<model_id>")
-    dataset: str = "databricks/databricks-dolly-15k"
+    dataset: str = Field("databricks/databricks-dolly-15k",
+                         description="Dolly-format rows: a Hub dataset id, hf://datasets/<id>, s3://... or a path; "
+                                     "fetched and validated into data/dataset.jsonl by the download stage")
+    eval_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.01  # held out from training for the evaluate stage
+    seed: int = 42
     instance_type: Literal["trn1.32xlarge", "trn1n.32xlarge", "trn2.48xlarge", "trn2.3xlarge"] = "trn1.32xlarge"
     procs_per_node: Annotated[int, Field(gt=0)] | None = None
     tensor_parallel_size: Annotated[int, Field(gt=0)] | None = None
@@ -95,12 +108,23 @@ class NeuronSettings(Strict):
         return self.tensor_parallel_size or INSTANCES[self.instance_type][1]
 
     @property
+    def data_source(self) -> str:
+        """What fetch-data reads: a bare Hub id (as upstream passes it to load_dataset) becomes hf://datasets/."""
+        if "://" in self.dataset or self.dataset.startswith("/"):
+            return self.dataset
+        return f"hf://datasets/{self.dataset}"
+
+    @property
     def model_slug(self) -> str:
         return self.model_id.rstrip("/").split("/")[-1]
 
 
 class DownloadParams(Params):
     allow_patterns: list[str] = ["*.json", "*.safetensors", "tokenizer*"]
+
+
+class EvaluateParams(Params):
+    max_loss_ratio: Annotated[float, Field(gt=0)] = 1.0  # tuned held-out loss must be below base x this
 
 
 class InferenceParams(Params):
@@ -149,12 +173,14 @@ FAMILY = Family(
     settings=NeuronSettings,
     kinds={
         "create_env": Kind("neuron/create_env.sh.j2"),
-        "download": Kind("neuron/download.sh.j2", DownloadParams, model_outputs),
+        "download": Kind("neuron/download.sh.j2", DownloadParams,
+                         lambda s, p: [*model_outputs(s, p), "data/dataset.jsonl"]),
         "compile": Kind("neuron/compile.sh.j2"),
         "finetune": Kind("neuron/finetune.sh.j2", outputs=lambda s, p: ["model_checkpoints"]),
         "consolidate": Kind("neuron/consolidate.sh.j2",
                             outputs=lambda s, p: ["adapter_consolidated/adapter_model.safetensors"]),
         "merge": Kind("neuron/merge.sh.j2", outputs=lambda s, p: ["final_model_output/config.json"]),
+        "evaluate": Kind("neuron/evaluate.sh.j2", EvaluateParams, lambda s, p: ["reports/evaluate.json"]),
         "inference": Kind("neuron/inference.sh.j2", InferenceParams, lambda s, p: ["reports/inference.json"]),
     },
     check=_check,

@@ -18,7 +18,7 @@ UPDATE = os.environ.get("PIPELINE_UPDATE_GOLDEN") == "1"
 def test_trainium_chain_matches_golden_files():
     built = plan.build(spec.load(REPO / "examples" / "llama3-8b-trn1.yaml"))
     assert [s.name for s in built.stages] == ["create_env", "download", "compile", "finetune", "consolidate",
-                                              "merge", "inference"]
+                                              "merge", "evaluate", "inference"]
     for stage in built.stages:
         golden = GOLDEN / f"{stage.name}.sh"
         if UPDATE:

@@ -11,8 +11,8 @@ cd "$WORKDIR"
 # venv the submitter had active (stages.md defect 4).
 source /fsx/ubuntu/peft_ft/env_llama3_8B_peft/bin/activate
 export PYTHONPATH="${PIPELINE_STAGES_PATH:-}${PYTHONPATH:+:$PYTHONPATH}"
-# Finds the newest completed checkpoint-<N> (with its `done` marker) itself: never a hard-coded
-# checkpoint-1251 (defect 1); locates adapter files per optimum-neuron version (defect 14).
-python -m stages consolidate --family neuron \
+# final/ or the newest checkpoint-<N> whose NxD `done` marker exists, found at run time: never a hard-coded
+# checkpoint-1251 (defect 1); that folder goes to `optimum-cli neuron consolidate` as upstream passes it (defect 14).
+python -m stages consolidate --family neuron --neuron-sdk gen2 \
   --checkpoints "$WORKDIR/model_checkpoints" \
   --output "$WORKDIR/adapter_consolidated"

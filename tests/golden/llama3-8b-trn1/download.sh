@@ -11,6 +11,12 @@ cd "$WORKDIR"
 # venv the submitter had active (stages.md defect 4).
 source /fsx/ubuntu/peft_ft/env_llama3_8B_peft/bin/activate
 export PYTHONPATH="${PIPELINE_STAGES_PATH:-}${PYTHONPATH:+:$PYTHONPATH}"
+# The dataset first, validated row by row into one JSONL file (a bad row fails here, not on a Trainium node an
+# hour into compile); compile, finetune and evaluate read that file, never the Hub.
+python -m stages fetch-data \
+  --source hf://datasets/databricks/databricks-dolly-15k \
+  --format dolly \
+  --output "$WORKDIR/data/dataset.jsonl"
 # Safetensors as published, no fp32 re-save (defect 15); HF_TOKEN is resolved at run time by the wrapper
 # and never written here (defect 3); a missing token or partial download exits non-zero (defect 2).
 python -m stages download \

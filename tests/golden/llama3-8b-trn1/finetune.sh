@@ -47,7 +47,8 @@ fi
 
 torchrun --nnodes="$PIPELINE_NNODES" --nproc_per_node=32 --rdzv_backend=c10d --rdzv_endpoint="$PIPELINE_HEAD_ADDR:$PIPELINE_RDZV_PORT" --rdzv_id="$PIPELINE_RDZV_ID" --rdzv_conf=is_host=$(( ${SLURM_NODEID:-0} == 0 )) -m stages neuron-finetune \
   --model "$WORKDIR/model_artifacts/"Meta-Llama-3-8B-Instruct \
-  --dataset databricks/databricks-dolly-15k \
+  --dataset "$WORKDIR/data/dataset.jsonl" --chat-data "$WORKDIR/data/dataset.chat.jsonl" \
+  --eval-fraction 0.01 --seed 42 \
   --output-dir "$OUT" --final-dir "$FINAL" --max-steps "$MAX_STEPS" \
   --tensor-parallel-size 8 \
   --max-seq-length 2048 --packing \
