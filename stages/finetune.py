@@ -50,7 +50,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--eval-fraction", type=float, default=0.1)
     p.add_argument("--warmup-steps", type=int, default=5)
-    p.add_argument("--fsdp", action="store_true", help="shard parameters, gradients and optimizer state (FSDP2)")
+    p.add_argument("--fsdp", action="store_true",
+                   help="shard parameters, gradients and optimizer state (FSDP2; FSDP1 for QLoRA)")
+    p.add_argument("--cpu-offload", action="store_true", help="with --fsdp: keep the sharded parameters in host RAM")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations in backward")
     return p.parse_args(argv)
 
 
@@ -105,24 +108,23 @@ def load_model(args: argparse.Namespace, dist: Dist) -> tuple[Any, Any]:
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     kwargs: dict[str, Any] = dtype_kwargs(dtype)
     if args.method == "qlora":
-        if not dist.cuda:
+        # PIPELINE_QLORA_ON_CPU=1: tests only. bitsandbytes >= 0.48 has a CPU 4-bit backend, which lets the test
+        # suite run this real QLoRA path (FSDP1 included) on CPU ranks; nobody trains a real model that way.
+        if not dist.cuda and os.environ.get("PIPELINE_QLORA_ON_CPU") != "1":
             raise StageError("QLoRA needs a CUDA GPU (bitsandbytes 4-bit); this node has none",
                              "use method: lora on CPU, or run this stage on a GPU partition")
         try:
             import bitsandbytes  # noqa: F401
-            from transformers import BitsAndBytesConfig
         except ImportError:
             raise StageError("QLoRA needs bitsandbytes", "pip install bitsandbytes in the stage's env") from None
-        # FSDP shards flat storage of one dtype: 4-bit weights must be stored in the compute dtype to be sharded
-        # with the rest (the transformers FSDP-QLoRA recipe).
-        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                           bnb_4bit_compute_dtype=dtype,
-                                                           bnb_4bit_quant_storage=dtype if args.fsdp else None)
+        kwargs["quantization_config"] = sharding.qlora_config(dtype, sharded=args.fsdp)
+        if args.fsdp:  # read by from_pretrained: on GPUs only local rank 0 keeps the weights
+            os.environ.update(sharding.rank0_loading_env(dist.cuda))
     model = AutoModelForCausalLM.from_pretrained(args.model, **kwargs)
     if args.method in ("lora", "qlora"):
         from peft import LoraConfig, get_peft_model
 
-        if args.method == "qlora":
+        if args.method == "qlora" and not args.fsdp:  # sharded: it would upcast norms to fp32, mixing dtypes
             from peft import prepare_model_for_kbit_training
 
             model = prepare_model_for_kbit_training(model)
@@ -133,6 +135,8 @@ def load_model(args: argparse.Namespace, dist: Dist) -> tuple[Any, Any]:
         except ValueError as exc:
             raise StageError(f"LoRA could not be applied: {exc}",
                              "check --target-modules against the model's module names") from None
+    if args.gradient_checkpointing:  # non-reentrant: fine with frozen inputs (LoRA) and with FSDP (torch docs)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     check_trainable(model, args.method)
     # FSDP moves each rank's shard to the device itself: the whole model never has to fit on one GPU.
     return model.to(dist.device) if args.method != "qlora" and not args.fsdp else model, tokenizer
@@ -239,15 +243,19 @@ def resume(output: Path, model: Any, optimizer: Any, scheduler: Any, args: argpa
 
 
 def save_final(output: Path, model: Any, tokenizer: Any, step: int, args: argparse.Namespace, dist: Dist) -> None:
+    import torch
+
     # With FSDP the full state is gathered first (a collective: every rank takes part), then rank 0 writes it.
     state = sharding.full_state(model, frozen_too=args.method == "full") if args.fsdp else None
     if dist.rank != 0:
         return
     final = output / "final"
-    inner = model.module if hasattr(model, "module") else model
-    inner.save_pretrained(final, safe_serialization=True, state_dict=state)
+    sharding.save_pretrained(final, model, state)
     tokenizer.save_pretrained(final)
-    write_json(final / "train_state.json", {"step": step, "method": args.method, "source_model": str(args.model)})
+    # Rank 0's peak GPU memory (torch's allocator), read by bench/gpu_finetune.py; None on CPU.
+    peak = torch.cuda.max_memory_allocated(dist.device) if dist.cuda else None
+    write_json(final / "train_state.json", {"step": step, "method": args.method, "source_model": str(args.model),
+                                            "peak_device_memory_bytes": peak})
     log(f"final {'adapter' if args.method != 'full' else 'model'} at step {step} -> {final}")
 
 
@@ -268,7 +276,7 @@ def train(args: argparse.Namespace) -> int:
     log(f"{len(train_set)} examples -> {len(chunks)} sequences of <= {args.seq_len} tokens; {steps} steps "
         f"of {per_step} sequences ({dist.world} process(es))")
     if args.fsdp:
-        model = sharding.shard(model)
+        model = sharding.shard(model, qlora=args.method == "qlora", device=dist.device, cpu_offload=args.cpu_offload)
     elif dist.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
@@ -293,7 +301,7 @@ def train(args: argparse.Namespace) -> int:
             loss.backward()
             loss_sum += float(loss.item())
             tokens += int(batch["attention_mask"].sum())
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        sharding.clip_grad_norm(model, params, 1.0)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
