@@ -6,12 +6,13 @@ Every model forbids unknown keys: a misspelt key (`nodess: 2`) must fail loudly,
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from orchestrator import dag, yamlsrc
+from orchestrator import dag, memfit, yamlsrc
 from orchestrator.errors import SpecError
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -147,6 +148,18 @@ class ClusterProfile(Strict):
     defaults: Resources = Field(default_factory=Resources)
     env: dict[Annotated[str, Field(pattern=ENV_NAME_RE)], str] = Field(default_factory=dict)
     remote: Remote | None = Field(None, description="submit from a laptop: run pipeline on this head node")
+    instance_type: Word | None = Field(None, description="worker instance type, e.g. p5.48xlarge: its accelerators "
+                                                         "and their memory for the memory check at validate")
+    accelerator: memfit.Accelerator | None = Field(None, description="the nodes' GPUs/NeuronCores (overrides "
+                                                                     "instance_type's)")
+
+    @field_validator("instance_type")
+    @classmethod
+    def _known_instance(cls, value: str | None) -> str | None:
+        if value is not None and value not in memfit.INSTANCE_TYPES:
+            raise ValueError(f"unknown instance type {value!r} (known: {', '.join(memfit.INSTANCE_TYPES)}); "
+                             "describe its devices with `accelerator: {kind, name, per_node, memory_gib}`")
+        return value
     node_hour_price: dict[Word, Annotated[float, Field(gt=0)]] = Field(
         default_factory=dict, description="price of one node-hour by instance type (key `default`: any other), "
                                           "for the cost column of `pipeline report`")
@@ -238,6 +251,8 @@ def load(path: Path, cluster_dirs: list[Path] | None = None) -> Spec:
     from orchestrator import families  # late: families import spec models
 
     families.validate(source, pipeline)
+    for warning in families.check_fit(source, pipeline, cluster):  # refuses a stage that cannot fit
+        print(f"warning: {warning}", file=sys.stderr)
     return Spec(pipeline, cluster, source)
 
 

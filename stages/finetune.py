@@ -50,6 +50,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--eval-fraction", type=float, default=0.1)
     p.add_argument("--warmup-steps", type=int, default=5)
+    p.add_argument("--profile-step", type=int, default=0,
+                   help="profile this optimizer step with torch.profiler into <output>/profile-step-<N>.txt")
     p.add_argument("--fsdp", action="store_true",
                    help="shard parameters, gradients and optimizer state (FSDP2; FSDP1 for QLoRA)")
     p.add_argument("--cpu-offload", action="store_true", help="with --fsdp: keep the sharded parameters in host RAM")
@@ -259,6 +261,28 @@ def save_final(output: Path, model: Any, tokenizer: Any, step: int, args: argpar
     log(f"final {'adapter' if args.method != 'full' else 'model'} at step {step} -> {final}")
 
 
+def start_profile(wanted: bool) -> Any:
+    """torch.profiler around one optimizer step (bench/finetune.py --profile reads what it writes)."""
+    if not wanted:
+        return None
+    from torch.profiler import ProfilerActivity, profile
+
+    profiler = profile(activities=[ProfilerActivity.CPU], record_shapes=True)
+    profiler.__enter__()
+    return profiler
+
+
+def stop_profile(profiler: Any, target: Path) -> None:
+    if profiler is None:
+        return
+    profiler.__exit__(None, None, None)
+    averages = profiler.key_averages()
+    table = averages.table(sort_by="self_cpu_time_total", row_limit=25)
+    shapes = profiler.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=15)
+    target.write_text(f"{table}\n\nby input shape:\n{shapes}\n", encoding="utf-8")
+    log(f"profile of one step -> {target}")
+
+
 def train(args: argparse.Namespace) -> int:
     import torch
 
@@ -293,6 +317,7 @@ def train(args: argparse.Namespace) -> int:
     model.train()
     next_progress = 0.0
     while step < steps:
+        profiler = start_profile(args.profile_step == step + 1 and dist.rank == 0)
         started, tokens, loss_sum = time.perf_counter(), 0, 0.0
         for indices in micro_batches(len(chunks), args.batch_size, dist.world, dist.rank, args.seed,
                                      step * args.grad_accum, args.grad_accum):
@@ -306,6 +331,7 @@ def train(args: argparse.Namespace) -> int:
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
+        stop_profile(profiler, args.output / f"profile-step-{step}.txt")
         loss_mean = dist.mean(loss_sum)
         rate = dist.world * tokens / (time.perf_counter() - started)
         if metrics is not None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from stages.common import StageError, dtype_kwargs, entry, log, require_model_dir, write_json
-from stages.data import dolly_prompt
+from stages.data import DEFAULT_SYSTEM_PROMPT, dolly_messages, dolly_prompt
 
 
 def generate(model_dir: Path, prompts: list[str], args: argparse.Namespace) -> list[str]:
@@ -20,8 +20,9 @@ def generate(model_dir: Path, prompts: list[str], args: argparse.Namespace) -> l
     model = AutoModelForCausalLM.from_pretrained(model_dir, **dtype_kwargs(torch.float32)).eval()
     outputs = []
     for prompt in prompts:
-        if args.system_prompt and tokenizer.chat_template:
-            messages = [{"role": "system", "content": args.system_prompt}, {"role": "user", "content": prompt}]
+        if tokenizer.chat_template:  # as the model was trained (stages/data.py): system + user, then its turn
+            row = {"instruction": prompt, "response": ""}
+            messages = dolly_messages(row, args.system_prompt or DEFAULT_SYSTEM_PROMPT)[:-1]
             text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         else:
             text = dolly_prompt(prompt)
@@ -30,8 +31,8 @@ def generate(model_dir: Path, prompts: list[str], args: argparse.Namespace) -> l
         if args.temperature > 0:
             sample.update(temperature=args.temperature, top_p=args.top_p)
         with torch.no_grad():
-            out = model.generate(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"], max_new_tokens=args.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                 **sample)
+            out = model.generate(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"],
+                                 max_new_tokens=args.max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sample)
         outputs.append(tokenizer.decode(out[0][ids["input_ids"].shape[1]:], skip_special_tokens=True).strip())
     return outputs
 

@@ -147,3 +147,12 @@ def test_qlora_on_cpu_fails_clearly(tiny, tmp_path):
     out = stage("finetune", "--model", str(tiny), "--output", str(tmp_path / "o"), "--method", "qlora",
                 "--data", str(DATA), check=False)
     assert out.returncode == 2 and "QLoRA needs a CUDA GPU" in out.stderr
+
+
+def test_one_step_is_profiled_on_request(tiny, tmp_path):
+    """--profile-step N writes torch.profiler's table for that optimizer step (bench/finetune.py --profile)."""
+    stage("finetune", "--model", str(tiny), "--output", str(tmp_path / "ck"), "--max-steps", "2", "--save-steps",
+          "10", "--profile-step", "2", *TRAIN)
+    table = (tmp_path / "ck" / "profile-step-2.txt").read_text()
+    assert "Self CPU" in table and "aten::" in table and "by input shape" in table
+    assert not (tmp_path / "ck" / "profile-step-1.txt").exists()
