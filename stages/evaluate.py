@@ -25,18 +25,60 @@ WORSE_RC = 3
 LM_EVAL_PIN = "lm_eval==0.4.8"
 
 
-def measure(model_dir: Path, args: argparse.Namespace, adapter: Path | None = None) -> dict[str, Any]:
+def placement(dtype_name: str) -> tuple[Any, dict[str, Any]]:
+    """Where and in which dtype a model is evaluated: on a GPU node, on its GPUs in the training dtype, the layers
+    spread over every visible GPU by accelerate's device_map="auto" (a 70B model in bf16 is ~141 GB, more than one
+    80 GB GPU; transformers docs "Big model inference"); without a GPU, on the CPU in float32 as before."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    require_model_dir(model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, **dtype_kwargs(torch.float32))
+    if not torch.cuda.is_available():
+        return torch.float32, {}
+    dtype = torch.bfloat16 if dtype_name == "bf16" else torch.float32
+    return dtype, {"device_map": "auto"}
+
+
+def load(model_dir: Path, args: argparse.Namespace, adapter: Path | None) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    dtype, where = placement(args.dtype)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, **dtype_kwargs(dtype), **where)
     if adapter is not None:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, adapter)
-    model.eval()
+    log(f"{model_dir.name}: evaluating in {str(dtype).replace('torch.', '')} on "
+        f"{sorted({str(p.device) for p in model.parameters()})}")
+    return model.eval()
+
+
+def release(model: Any) -> None:
+    """Free one model's GPU memory before the next is loaded (tuned, then base: never both at once)."""
+    import gc
+
+    import torch
+
+    del model
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def measure(model_dir: Path, args: argparse.Namespace, adapter: Path | None = None) -> dict[str, Any]:
+    from transformers import AutoTokenizer
+
+    require_model_dir(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = load(model_dir, args, adapter)
+    try:
+        return _measure(model, tokenizer, model_dir, args)
+    finally:
+        release(model)
+
+
+def _measure(model: Any, tokenizer: Any, model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    device = model.get_input_embeddings().weight.device  # device_map="auto": the first layers' GPU
     _, held_out = datalib.load(args.data, args.format, tokenizer, args.eval_fraction, args.seed)
     if not held_out:
         raise StageError(f"{args.data}: no held-out rows to evaluate on", "raise --eval-fraction")
@@ -46,13 +88,13 @@ def measure(model_dir: Path, args: argparse.Namespace, adapter: Path | None = No
             prompt_ids = tokenizer(example.prompt, add_special_tokens=False)["input_ids"]
             ids = tokenizer(example.text, add_special_tokens=False)["input_ids"][: args.seq_len]
             labels = [-100] * min(len(prompt_ids), len(ids)) + ids[len(prompt_ids):]
-            out = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels]))
+            out = model(input_ids=torch.tensor([ids], device=device), labels=torch.tensor([labels], device=device))
             n = sum(1 for x in labels[1:] if x != -100)
             if n:
                 total_loss += float(out.loss) * n
                 total_tokens += n
         for example in held_out[: args.exact_match_rows]:
-            prompt = tokenizer(example.prompt, return_tensors="pt", add_special_tokens=False)
+            prompt = tokenizer(example.prompt, return_tensors="pt", add_special_tokens=False).to(device)
             gen = model.generate(input_ids=prompt["input_ids"], attention_mask=prompt["attention_mask"], max_new_tokens=32, do_sample=False, pad_token_id=tokenizer.pad_token_id)
             answer = tokenizer.decode(gen[0][prompt["input_ids"].shape[1]:], skip_special_tokens=True)
             expected = example.answer.replace(tokenizer.eos_token or "", "")
@@ -148,9 +190,10 @@ def run_lm_eval(prepared: LmEval, model_dir: Path, adapter: Path | None,
 
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
-    # float32 on the CPU, as measure() uses; on a GPU the checkpoint's own dtype (lm_eval's "auto").
-    model_args: dict[str, Any] = {"pretrained": str(model_dir.resolve()),
-                                  "dtype": "auto" if cuda else "float32"}
+    dtype, _ = placement(args.dtype)  # the dtype measure() used
+    model_args: dict[str, Any] = {"pretrained": str(model_dir.resolve()), "dtype": str(dtype).replace("torch.", "")}
+    if cuda and torch.cuda.device_count() > 1:
+        model_args["parallelize"] = True  # lm_eval's HFLM: device_map="auto" over the visible GPUs, as measure()
     if adapter is not None:
         model_args["peft"] = str(adapter.resolve())  # the same model the loss above measured
     # lm_eval passes a task's `data_files` to datasets.load_dataset as written, and datasets resolves relative
@@ -211,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--exact-match-rows", type=int, default=8)
     p.add_argument("--max-loss-ratio", type=float, default=1.0)
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
+                   help="on GPUs: the training dtype to evaluate in (without a GPU: always float32 on the CPU)")
     p.add_argument("--report", required=True, type=Path)
     p.add_argument("--lm-eval-tasks", nargs="+", metavar="TASK",
                    help=f"also run these lm-evaluation-harness tasks on --model, offline ({LM_EVAL_PIN})")

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from orchestrator import yamlsrc
-from orchestrator.spec import Pipeline, Stage, error_at, validation_error
+from orchestrator import memfit, yamlsrc
+from orchestrator.spec import ClusterProfile, Pipeline, Resources, Stage, error_at, validation_error
 
 
 class Params(BaseModel):
@@ -40,6 +41,21 @@ class Family:
     kinds: Mapping[str, Kind]
     check: Callable[[yamlsrc.Located, Pipeline, Any], None] = field(default=lambda source, pipeline, settings: None)
     context: Callable[[Any], dict[str, Any]] = field(default=lambda settings: {})
+    # What a stage asks of one GPU/NeuronCore (orchestrator/memfit.py), or None for a stage that uses none.
+    memory: Callable[[FitContext], memfit.Workload | None] | None = None
+
+
+@dataclass(frozen=True)
+class FitContext:
+    """What a family's memory accessor reads: the stage, its validated settings and params, its resources with
+    the cluster's defaults filled in, the node's accelerator and the spec's folder (for local model paths)."""
+
+    stage: Stage
+    settings: Any
+    params: Any
+    resources: Resources
+    accelerator: memfit.Accelerator
+    spec_dir: Path
 
 
 COMMAND_KIND = Kind(template="command/command.sh.j2")
@@ -104,3 +120,35 @@ def _validate_stage(source: yamlsrc.Located, pipeline: Pipeline, index: int, sta
         kind.params.model_validate(stage.params)
     except ValidationError as exc:
         raise validation_error(source, exc, ("stages", index, "params")) from None
+
+
+def check_fit(source: yamlsrc.Located, pipeline: Pipeline, cluster: ClusterProfile) -> list[str]:
+    """Estimate every GPU/Trainium stage's device memory against the cluster's accelerator: raise SpecError at a
+    stage that cannot fit, return a warning for one close to the limit. Clusters that name no accelerator (and
+    families whose settings name no instance type) are not checked."""
+    from orchestrator.families import fit
+
+    families = registry()
+    warnings: list[str] = []
+    for index, stage in enumerate(pipeline.stages):
+        family = families[family_of(pipeline, stage)]
+        kind = kind_of(family, stage.kind)
+        accessor = family.memory or fit.ACCESSORS.get(family.name)
+        if stage.kind == "command" or kind is None or accessor is None:
+            continue
+        settings = settings_of(pipeline, family)
+        accelerator = memfit.accelerator_of(cluster.accelerator, cluster.instance_type,
+                                            getattr(settings, "instance_type", None))
+        if accelerator is None:
+            continue
+        ctx = FitContext(stage, settings, kind.params.model_validate(stage.params), stage.resources.over(cluster.defaults),
+                         accelerator, source.path.resolve().parent)
+        work = accessor(ctx)
+        if work is None:
+            continue
+        verdict = memfit.check(work, accelerator)
+        if verdict.level == "refuse":
+            raise error_at(source, ("stages", index), verdict.message, work.hint or None)
+        if verdict.level == "warn":
+            warnings.append(f"{source.where(('stages', index))}: {verdict.message}")
+    return warnings

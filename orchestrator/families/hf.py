@@ -8,9 +8,10 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
-from orchestrator.families import Family, Kind, Params
+from orchestrator import memfit
+from orchestrator.families import Family, FitContext, Kind, Params
 from orchestrator.families import Params as Strict
 
 
@@ -43,7 +44,9 @@ class HfSettings(Strict):
     seed: int = 42
     eval_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
     nproc_per_node: Annotated[int, Field(gt=0)] = 1
-    fsdp: bool = False
+    fsdp: bool = Field(False, description="shard across every rank: FSDP2 for lora/full, FSDP1 for qlora")
+    cpu_offload: bool = Field(False, description="with fsdp: sharded parameters (and optimizer step) in host RAM")
+    gradient_checkpointing: bool = Field(False, description="recompute each layer's activations in backward")
     rdzv_port: Annotated[int, Field(gt=1023, lt=65536)] = 29500
 
     @field_validator("data")
@@ -52,6 +55,12 @@ class HfSettings(Strict):
         if value.startswith("hf://") and not re.fullmatch(r"hf://datasets/[\w.-]+/[\w.-]+/?", value):
             raise ValueError(f"{value!r}: a Hub dataset is hf://datasets/<owner>/<name>")
         return value
+
+    @model_validator(mode="after")
+    def _offload_needs_fsdp(self) -> HfSettings:
+        if self.cpu_offload and not self.fsdp:
+            raise ValueError("cpu_offload: true needs fsdp: true (FSDP offloads the shards it owns)")
+        return self
 
     @property
     def remote_data(self) -> bool:
@@ -90,6 +99,34 @@ def _context(settings: Any) -> dict[str, Any]:
     return {}
 
 
+TRAIN_HINT = ("shard it over more GPUs (fsdp: true, more nodes), offload the shards (cpu_offload: true), use "
+              "method: qlora or lora, turn on gradient_checkpointing, or lower batch_size / seq_len")
+
+
+def _memory(ctx: FitContext) -> memfit.Workload | None:
+    """GPU memory per device of the hf stages that use GPUs: finetune (one rank per GPU, FSDP or DDP) and
+    evaluate (stages/evaluate.py: device_map="auto" over the node's GPUs, training dtype). download, consolidate,
+    merge and inference run on the CPU."""
+    s: HfSettings = ctx.settings
+    gpus = ctx.resources.gpus_per_node
+    if ctx.accelerator.kind != "gpu" or gpus == 0 or ctx.stage.kind not in ("finetune", "evaluate"):
+        return None
+    arch = memfit.arch_of(s.model_source.removeprefix("hf://"), ctx.spec_dir)
+    if arch is None:
+        return None
+    if ctx.stage.kind == "evaluate":
+        devices = gpus or ctx.accelerator.per_node
+        work = memfit.Workload(ctx.stage.name, arch, s.dtype, "inference", seq=s.seq_len,
+                               hint="give the stage more GPUs (resources.gpus_per_node) or run it on the CPU "
+                                    "(resources.gpus_per_node: 0)")
+        return memfit.with_device_count(work, devices, "split")
+    world = (ctx.resources.nodes or 1) * s.nproc_per_node
+    work = memfit.Workload(ctx.stage.name, arch, s.dtype, s.method, cpu_offload=s.cpu_offload,
+                           lora_rank=s.lora.r, lora_targets=list(s.lora.target_modules), batch=s.batch_size,
+                           seq=s.seq_len, checkpointing=s.gradient_checkpointing, hint=TRAIN_HINT)
+    return memfit.with_device_count(work, world, "fsdp") if s.fsdp else work
+
+
 FAMILY = Family(
     name="hf",
     settings=HfSettings,
@@ -103,4 +140,6 @@ FAMILY = Family(
         "inference": Kind("hf/inference.sh.j2", InferenceParams, lambda s, p: ["reports/inference.json"]),
     },
     context=_context,
+    memory=_memory,
 )
+

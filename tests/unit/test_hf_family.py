@@ -38,7 +38,7 @@ def with_params(write_spec: Callable[[str, str], Path], params: str) -> Path:
 def test_default_evaluate_script_has_no_lm_eval():
     script = evaluate_script(EXAMPLE)
     assert "lm-eval" not in script and "lm_eval" not in script
-    assert '  --max-loss-ratio 0.95 \\\n  --report "$WORKDIR/reports/evaluate.json"\n' in script
+    assert '  --max-loss-ratio 0.95 --dtype fp32 \\\n  --report "$WORKDIR/reports/evaluate.json"\n' in script
     argv = evaluate_argv(script)
     assert argv[-2:] == ["--report", "$WORKDIR/reports/evaluate.json"]
 
@@ -93,3 +93,31 @@ def test_bad_lm_eval_params_name_the_key(write_spec, lm_eval, message):
         spec.load(path)
     text = str(err.value)
     assert message in text and "lm_eval" in text and f"{path}:" in text
+
+
+QLORA_EXAMPLE = REPO / "examples" / "llama3-70b-fsdp-qlora-gpu.yaml"
+
+
+def stage_script(path: Path, name: str) -> str:
+    return {s.name: s.script for s in plan.build(spec.load(path)).stages}[name]
+
+
+def test_evaluate_runs_in_the_training_dtype():
+    """stages/evaluate.py: on GPUs in this dtype (device_map="auto"), on a CPU always float32 (issue 10 defect 6)."""
+    assert "--dtype bf16" in stage_script(QLORA_EXAMPLE, "evaluate")
+    assert "--dtype fp32" in evaluate_script(EXAMPLE)
+
+
+def test_finetune_offload_and_checkpointing_flags_only_when_set(write_spec):
+    script = stage_script(QLORA_EXAMPLE, "finetune")
+    assert "--method qlora --fsdp --gradient-checkpointing \\" in script and "--cpu-offload" not in script
+    text = QLORA_EXAMPLE.read_text(encoding="utf-8").replace("  fsdp: true\n", "  fsdp: true\n  cpu_offload: true\n")
+    offloaded = stage_script(write_spec(text, "pipeline.yaml"), "finetune")
+    assert "--method qlora --fsdp --cpu-offload --gradient-checkpointing \\" in offloaded
+    assert "--cpu-offload" not in stage_script(EXAMPLE, "finetune")
+
+
+def test_cpu_offload_needs_fsdp(write_spec):
+    text = EXAMPLE.read_text(encoding="utf-8").replace("  method: lora\n", "  method: lora\n  cpu_offload: true\n")
+    with pytest.raises(SpecError, match=r"pipeline.yaml:\d+: settings: .*cpu_offload: true needs fsdp: true"):
+        spec.load(write_spec(text, "pipeline.yaml"))
