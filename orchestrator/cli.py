@@ -130,19 +130,19 @@ def partial_submit(store: Store, cause: PipelineError) -> PipelineError:
 
 def _wait(run_dir: Path, quiet: bool, cap_s: float = 30.0) -> int:
     """Poll with backoff (1, 2, 4 ... cap) until every stage is terminal; exit 0 only if all COMPLETED."""
+    from orchestrator import live
+
     delay = 1.0
-    last = ""
+    screen = live.Screen()  # redraws in place on a terminal, appends changed tables elsewhere
     while True:
         view = status.refresh([run_dir])[0]
-        table = _table(view)
-        if not quiet and table != last:
-            print(table, flush=True)
-            last = table
+        if not quiet:
+            screen.show(_table(view), view)
         states = [s.state for s in view.state.stages.values()]
         if all(s.terminal or s is JobState.NOT_SUBMITTED for s in states) and view.warning is None:
             return 0 if all(s.ok for s in states) else 1
         time.sleep(delay)
-        delay = min(cap_s, delay * 2)
+        delay = min(screen.poll_cap(cap_s), delay * 2)
 
 
 def _table(view: status.RunView) -> str:
