@@ -19,7 +19,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from orchestrator import proc
+from orchestrator import notify, proc
 from orchestrator import secrets as secretlib
 from orchestrator.errors import PipelineError
 from orchestrator.spec import SecretRef
@@ -29,6 +29,7 @@ STAGES_PATH = str(Path(__file__).resolve().parent.parent)  # the folder holding 
 OUTPUT_MISSING_RC = 86  # distinct, so the log and status say "outputs missing", not a program crash
 SECRET_FAILED_RC = 87
 GRACE_S = 60  # time the program gets to checkpoint before the requeue
+REQUEUING = threading.Event()  # this wrapper asked Slurm to requeue its job: the exit that follows is no failure
 
 
 def record_path(paths: RunPaths, stage: str, job_id: str, restarts: int) -> Path:
@@ -59,6 +60,7 @@ def execute(run_dir: Path, stage: str, job_id: str) -> int:
     write_record(rec_path, record)
     log_path = paths.log(stage, job_id)
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    notify.stage_started(paths, stage, job_id, restarts, record["host"], log_path)
     with open(log_path, "ab", buffering=0) as log:
         log.write(f"=== pipeline: stage {stage} job {job_id} restart {restarts} on {record['host']} "
                   f"at {record['start']}\n".encode())
@@ -72,6 +74,7 @@ def execute(run_dir: Path, stage: str, job_id: str) -> int:
     record.update(end=now_iso(), exit_code=rc, reason=reason, cpu_s=round(used.ru_utime + used.ru_stime, 2),
                   max_rss_kib=used.ru_maxrss)
     write_record(rec_path, record)
+    notify.stage_ended(paths, stage, job_id, rc, reason, REQUEUING.is_set(), log_path)
     return rc
 
 
@@ -127,6 +130,7 @@ def _requeue_before_timeout(child: subprocess.Popen[bytes], job_id: str, retries
     def fire() -> None:
         log.write(f"=== pipeline: time limit in {GRACE_S} s: SIGUSR2 to the stage, then requeue "
                   f"(restart {restarts + 1} of {retries})\n".encode())
+        REQUEUING.set()
         try:
             os.killpg(child.pid, signal.SIGUSR2)
             child.wait(timeout=GRACE_S * 0.75)

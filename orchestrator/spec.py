@@ -8,9 +8,10 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from orchestrator import dag, memfit, yamlsrc
 from orchestrator.errors import SpecError
@@ -181,6 +182,17 @@ class Stage(Strict):
     env: dict[Annotated[str, Field(pattern=ENV_NAME_RE)], str] = Field(default_factory=dict)
 
 
+NotifyEvent = Literal["run_ended", "stage_failed", "stage_requeued"]
+
+
+class Notify(Strict):
+    """Messages to a Slack-compatible incoming webhook ({"text": ...}), sent by the job wrapper itself, so they
+    arrive with nobody logged in. The URL is a secret: `webhook` names an entry of `secrets:`."""
+
+    webhook: Annotated[str, Field(pattern=ENV_NAME_RE, description="name of the secret holding the webhook URL")]
+    events: list[NotifyEvent] = Field(default_factory=lambda: list(get_args(NotifyEvent)))
+
+
 class Pipeline(Strict):
     name: Name
     cluster: Name | ClusterProfile = "local"
@@ -191,6 +203,15 @@ class Pipeline(Strict):
     secrets: dict[Annotated[str, Field(pattern=ENV_NAME_RE)], SecretRef] = Field(default_factory=dict)
     settings: dict[str, Any] = Field(default_factory=dict, description="family settings shared by its stages")
     stages: Annotated[list[Stage], Field(min_length=1)]
+    notify: Notify | None = Field(None, description="webhook messages when the run ends, a stage fails or requeues")
+
+    @field_validator("notify")
+    @classmethod
+    def _notify_secret(cls, value: Notify | None, info: ValidationInfo) -> Notify | None:
+        if value is not None and value.webhook not in info.data.get("secrets", {}):
+            raise ValueError(f"notify.webhook {value.webhook!r} is not a key of `secrets:`; declare the URL there, "
+                             f"e.g. secrets: {{{value.webhook}: {{file: ~/.slack-webhook}}}}")
+        return value
 
 
 class Spec:
