@@ -16,6 +16,7 @@ from typing import Any
 import jinja2
 
 from orchestrator import dag, families
+from orchestrator.container import flags as container_flags
 from orchestrator.errors import RenderError
 from orchestrator.spec import ClusterProfile, Resources, SecretRef, Spec
 
@@ -139,6 +140,7 @@ def build(spec: Spec) -> Plan:
         context = {
             "pipeline": pipeline, "stage": stage, "settings": settings, "params": params, "resources": resources,
             "cluster": spec.cluster, "workdir": pipeline.workdir, "venv": pipeline.venv,
+            "container": container_flags(pipeline.container_of(stage)),
             "env": {**spec.cluster.env, **pipeline.env, **stage.env}, "spec_dir": str(spec.source.path.parent.resolve()),
             **family.context(settings),
         }

@@ -169,6 +169,22 @@ class ClusterProfile(Strict):
 LOCAL_CLUSTER = ClusterProfile(name="local", scheduler="local")
 
 
+class Container(Strict):
+    """Run the stage's tasks in a container image through pyxis/enroot (`srun --container-image ...`), as seed
+    002's sbatch files do, instead of a venv. A stage's fields override the pipeline's."""
+
+    image: Annotated[str, Field(min_length=1)] | None = Field(
+        None, description="enroot image: a .sqsh file or a registry reference (nvcr.io#nvidia/pytorch:24.07-py3)")
+    mounts: list[Annotated[str, Field(pattern=r"^/[^,:]*(:/[^,:]*(:[a-z+_-]+)?)?$")]] | None = Field(
+        None, description="SRC[:DST[:FLAGS]] absolute paths; every path the stage reads or writes must be inside one")
+    workdir: Annotated[str, Field(pattern=r"^/[^,]*$")] | None = Field(None, description="--container-workdir")
+
+    def over(self, base: Container | None) -> Container:
+        """These fields with unset ones taken from base (the pipeline's container)."""
+        merged = base.model_dump(exclude_none=True) if base else {}
+        return Container.model_validate({**merged, **self.model_dump(exclude_none=True)})
+
+
 class Stage(Strict):
     name: Name
     kind: Name = Field(description="what the stage does, e.g. finetune; `command` runs `run:` as written")
@@ -180,6 +196,7 @@ class Stage(Strict):
     outputs: list[str] = Field(default_factory=list, description="paths that must exist when the stage succeeds")
     retries: Annotated[StrictInt, Field(ge=0, le=20)] = 0
     env: dict[Annotated[str, Field(pattern=ENV_NAME_RE)], str] = Field(default_factory=dict)
+    container: Container | None = Field(None, description="this stage's container (fields override the pipeline's)")
 
 
 NotifyEvent = Literal["run_ended", "stage_failed", "stage_requeued"]
@@ -202,6 +219,7 @@ class Pipeline(Strict):
     env: dict[Annotated[str, Field(pattern=ENV_NAME_RE)], str] = Field(default_factory=dict)
     secrets: dict[Annotated[str, Field(pattern=ENV_NAME_RE)], SecretRef] = Field(default_factory=dict)
     settings: dict[str, Any] = Field(default_factory=dict, description="family settings shared by its stages")
+    container: Container | None = Field(None, description="run every stage's tasks in this container (pyxis)")
     stages: Annotated[list[Stage], Field(min_length=1)]
     notify: Notify | None = Field(None, description="webhook messages when the run ends, a stage fails or requeues")
 
@@ -212,6 +230,11 @@ class Pipeline(Strict):
             raise ValueError(f"notify.webhook {value.webhook!r} is not a key of `secrets:`; declare the URL there, "
                              f"e.g. secrets: {{{value.webhook}: {{file: ~/.slack-webhook}}}}")
         return value
+
+    def container_of(self, stage: Stage) -> Container | None:
+        if stage.container is None:
+            return self.container
+        return stage.container.over(self.container)
 
 
 class Spec:
@@ -272,6 +295,9 @@ def load(path: Path, cluster_dirs: list[Path] | None = None) -> Spec:
     from orchestrator import families  # late: families import spec models
 
     families.validate(source, pipeline)
+    from orchestrator import container  # late: it reads jobside's stage-program path
+
+    container.check(source, pipeline, cluster)
     for warning in families.check_fit(source, pipeline, cluster):  # refuses a stage that cannot fit
         print(f"warning: {warning}", file=sys.stderr)
     return Spec(pipeline, cluster, source)

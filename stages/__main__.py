@@ -20,6 +20,7 @@ PROGRAMS = {
     "nxd-data": "stages.nxd_data",
     "upload": "stages.upload",
     "tune-config": "stages.tune_config",
+    "tune-report": "stages.tune_report",
 }
 
 

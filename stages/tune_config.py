@@ -25,9 +25,12 @@ from stages.common import StageError, entry, log
 SHARD = re.compile(r"model-(\d+)-of-(\d+)\.safetensors")
 
 
-def checkpoint_files(directory: Path) -> dict[str, str] | list[str]:
-    """torchtune's checkpoint_files for a Hugging Face model directory: the {filename_format, max_filename}
-    form for a complete sharded set, or the list of the safetensors files present."""
+def checkpoint_files(directory: Path) -> list[str]:
+    """torchtune's checkpoint_files for a Hugging Face model directory: the safetensors files present, in shard
+    order, after checking a sharded set is complete. Always a list, never the {filename_format, max_filename}
+    form the checkpointer also accepts: torchtune 0.6.1 recipes/quantize.py names its output after
+    `cfg.checkpointer.checkpoint_files[0]`, which on that mapping is an omegaconf ConfigKeyError after the
+    whole model was quantized."""
     if not directory.is_dir():
         raise StageError(f"{directory}: no such model directory", "did the download (or finetune) stage finish?")
     shards: dict[int, str] = {}
@@ -47,7 +50,7 @@ def checkpoint_files(directory: Path) -> dict[str, str] | list[str]:
             raise StageError(f"{directory}: {len(missing)} of {int(total)} safetensors shards missing "
                              f"(e.g. model-{missing[0]:0{len(total)}d}-of-{total}.safetensors)",
                              "rerun the download stage: it resumes")
-        return {"filename_format": "model-{}-of-{}.safetensors", "max_filename": total}
+        return [shards[i] for i in sorted(shards)]
     single = sorted(p.name for p in directory.glob("*.safetensors") if not p.name.startswith("adapter"))
     if not single:
         raise StageError(f"{directory}: no model safetensors files", "did the download (or finetune) stage finish?")

@@ -21,7 +21,11 @@ from orchestrator.families import Params as Strict
 from orchestrator.spec import Pipeline, error_at, resolve_after
 
 # Pinned (stages.md defect 20; torchtune#2883: development has wound down, v0.6.1 is the last release).
-PINS = ["torchtune==0.6.1", "torchao==0.10.0", "lm_eval==0.4.8", "omegaconf", "pyyaml"]
+# torch is pinned too: lm_eval asks only for torch>=1.8, so an unpinned env takes the newest torch, which
+# torchao 0.10.0's C++ ops were not built for (pytorch/ao#2919: torchao 0.10.0 is built against torch 2.7.0,
+# the release torchtune 0.6.1 and torchdata 0.11.0 came out with).
+PINS = ["torch==2.7.0", "torchtune==0.6.1", "torchao==0.10.0", "torchdata==0.11.0", "lm_eval==0.4.8", "omegaconf",
+        "pyyaml"]
 
 # Old component path -> the current one (stages.md 4.1).
 RENAMED = {
@@ -46,6 +50,12 @@ MODELS: dict[str, tuple[str, str, str]] = {
 DATASETS = ("alpaca_dataset", "alpaca_cleaned_dataset", "wikitext_dataset", "slimorca_dataset", "samsum_dataset",
             "grammar_dataset", "chat_dataset", "instruct_dataset", "text_completion_dataset")
 ATTN_MODULES = ("q_proj", "k_proj", "v_proj", "output_proj")
+# Parameters per model setting (the builders' sizes: Llama 3 8B 8.03e9, 70B 70.55e9, the same for 3.1 and 3.3).
+PARAMS = {"llama3_8b": 8.03e9, "llama3_70b": 70.55e9, "llama3_1_8b": 8.03e9, "llama3_1_70b": 70.55e9,
+          "llama3_3_70b": 70.55e9}
+DTYPE_BYTES = {"bf16": 2, "fp32": 4}
+# What a single-device recipe needs besides the weights (activations, KV cache, CUDA context): a quarter more.
+HEADROOM = 1.25
 
 
 class TuneLora(Strict):
@@ -81,6 +91,8 @@ class TuneSettings(Strict):
     fsdp_cpu_offload: bool = True
     lora: TuneLora = Field(default_factory=TuneLora)
     metric_logger: Literal["disk", "wandb"] = Field("disk", description="wandb needs a WANDB_API_KEY secret")
+    gpu_memory_gib: Annotated[float, Field(gt=0)] = Field(
+        80, description="memory of one GPU of the nodes (p5.48xlarge H100: 80); `device: auto` stages use it")
 
     @field_validator("dataset")
     @classmethod
@@ -94,25 +106,54 @@ class TuneSettings(Strict):
     def builders(self) -> tuple[str, str, str]:
         return MODELS[self.model]
 
+    def weights_gib(self) -> float:
+        return PARAMS[self.model] * DTYPE_BYTES[self.dtype] / 2**30
+
+    def single_device(self, device: str) -> str:
+        """The device of a single-device recipe (eleuther_eval, quantize, generate build the whole model on one
+        device): `auto` is the GPU when the weights fit on one with headroom, else the CPU, as seed 002's
+        repository ran 70B evaluation and quantization (3.test_cases/torchtune/.../evaluate.yaml: device: cpu)."""
+        if device != "auto":
+            return device
+        return "cuda" if self.fits_one_gpu() else "cpu"
+
+    def fits_one_gpu(self) -> bool:
+        return self.weights_gib() * HEADROOM <= self.gpu_memory_gib
+
 
 class FinetuneParams(Params):
     method: Literal["lora", "full"] = "lora"
 
 
+# auto: the GPU when the model fits on one, else the CPU (TuneSettings.single_device); stages.md defect 22.
+Device = Literal["auto", "cuda", "cpu"]
+
+
 class EvaluateParams(Params):
     source: str | None = Field(None, description="the finetune stage whose newest epoch is evaluated")
     tasks: Annotated[list[str], Field(min_length=1)] = ["truthfulqa_mc2"]
+    # A folder of lm-eval task YAMLs; a relative path is relative to the spec's folder (the job runs elsewhere).
+    include_path: Annotated[str, Field(min_length=1)] | None = None
     limit: Annotated[int, Field(gt=0)] | None = None
     batch_size: Annotated[int, Field(gt=0)] = 8
-    device: Literal["cuda", "cpu"] = "cuda"  # stages.md defect 22: the seed ran 70B evaluation on CPU
+    device: Device = "auto"
     min_score: Annotated[float, Field(ge=0, le=1)] | None = Field(
         None, description="fail the stage when the first task's acc is below this")
 
 
+# torchtune 0.6.1 torchtune/training/quantization.py: the quantizer per mode (the mode names its output file).
+# 4w packs weights for CUDA's tinygemm kernel (TensorCoreTiledLayout): `aten::_convert_weight_to_int4pack` has
+# no CPU kernel in the pinned torch, so it needs the whole bf16 model on one GPU; 8da4w runs on the CPU.
+QUANTIZERS = {"4w": "torchtune.training.quantization.Int4WeightOnlyQuantizer",
+              "8da4w": "torchtune.training.quantization.Int8DynActInt4WeightQuantizer"}
+
+
 class QuantizeParams(Params):
     source: str | None = None
+    quantizer: Literal["4w", "8da4w"] = Field("4w", description="4w: int4 weight-only (CUDA); 8da4w: int8 dynamic "
+                                              "activations + int4 weights (runs on CPU)")
     groupsize: Annotated[int, Field(gt=0)] = 256
-    device: Literal["cuda", "cpu"] = "cuda"
+    device: Device = "auto"
 
 
 class GenerateParams(Params):
@@ -122,6 +163,7 @@ class GenerateParams(Params):
     max_new_tokens: Annotated[int, Field(gt=0)] = 300
     temperature: Annotated[float, Field(ge=0)] = 0.6
     top_k: Annotated[int, Field(gt=0)] = 300
+    device: Device = "auto"
 
 
 USES_SOURCE = ("evaluate", "quantize", "generate")
@@ -161,6 +203,29 @@ def _check(source: yamlsrc.Located, pipeline: Pipeline, settings: Any) -> None:
         if named not in dag.upstream(parents, stage.name):
             raise error_at(source, ("stages", index), f"{stage.name!r} reads {named!r} but does not wait for it",
                            f"add after: [{named}]")
+    for index, stage in mine:
+        if stage.kind in USES_SOURCE:
+            _check_fits(source, index, stage.kind, stage.params, settings)
+
+
+def _check_fits(source: yamlsrc.Located, index: int, kind: str, params: dict[str, Any], settings: Any) -> None:
+    """A single-device recipe told to use the GPU must fit on one: 70B in bf16 on an 80 GiB GPU would fail at
+    load after the queue wait (stages.md defect 22)."""
+    assert isinstance(settings, TuneSettings)
+    device = params.get("device", "auto")
+    cuda_only = kind == "quantize" and params.get("quantizer", "4w") == "4w"
+    if cuda_only and device == "cpu":
+        raise error_at(source, ("stages", index, "params", "device"),
+                       "quantizer 4w (int4 weight-only) packs weights for CUDA: torch has no CPU kernel for it "
+                       "(aten::_convert_weight_to_int4pack)", "use quantizer: 8da4w on the CPU, or device: cuda")
+    if (device == "cuda" or cuda_only) and not settings.fits_one_gpu():
+        need = settings.weights_gib() * HEADROOM
+        hint = ("use quantizer: 8da4w, which quantizes on the CPU" if cuda_only else
+                "use device: cpu (or auto)")
+        raise error_at(source, ("stages", index, "params", "quantizer" if cuda_only and device != "cuda" else "device"),
+                       f"{kind}: {settings.model} in {settings.dtype} needs ~{need:.0f} GiB on one GPU "
+                       f"({settings.weights_gib():.0f} GiB of weights), one GPU has {settings.gpu_memory_gib:g} GiB",
+                       f"{hint}; torchtune 0.6.1's eleuther_eval, quantize and generate recipes are single-device")
 
 
 def component_paths(text: str) -> list[str]:
@@ -229,17 +294,18 @@ def finetune_config(settings: TuneSettings, params: FinetuneParams) -> dict[str,
 def evaluate_config(settings: TuneSettings, params: EvaluateParams) -> dict[str, Any]:
     return {**_common(settings), "model": _model(settings, lora=False), "tasks": list(params.tasks),
             "limit": params.limit, "max_seq_length": settings.max_seq_len, "batch_size": params.batch_size,
-            "device": params.device, "enable_kv_cache": True, "quantizer": None}
+            "device": settings.single_device(params.device), "enable_kv_cache": True, "quantizer": None}
 
 
 def quantize_config(settings: TuneSettings, params: QuantizeParams) -> dict[str, Any]:
-    return {**_common(settings), "model": _model(settings, lora=False), "device": params.device,
-            "quantizer": _component("torchtune.training.quantization.Int4WeightOnlyQuantizer",
-                                    groupsize=params.groupsize)}
+    device = "cuda" if params.quantizer == "4w" and params.device == "auto" else settings.single_device(params.device)
+    return {**_common(settings), "model": _model(settings, lora=False), "device": device,
+            "quantizer": _component(QUANTIZERS[params.quantizer], groupsize=params.groupsize)}
 
 
 def generate_config(settings: TuneSettings, params: GenerateParams) -> dict[str, Any]:
-    return {**_common(settings), "model": _model(settings, lora=False), "device": "cuda",
+    return {**_common(settings), "model": _model(settings, lora=False),
+            "device": settings.single_device(params.device),
             "prompt": {"system": params.system, "user": params.prompt}, "max_new_tokens": params.max_new_tokens,
             "temperature": params.temperature, "top_k": params.top_k, "enable_kv_cache": True, "quantizer": None}
 
@@ -248,6 +314,14 @@ CONFIGS: dict[str, Callable[[TuneSettings, Any], dict[str, Any]]] = {"finetune":
            "generate": generate_config}
 RECIPES = {"full": "full_finetune_distributed", "lora": "lora_finetune_distributed", "evaluate": "eleuther_eval",
            "quantize": "quantize", "generate": "generate"}
+SINGLE_DEVICE = {"full": "full_finetune_single_device", "lora": "lora_finetune_single_device"}
+
+
+def finetune_recipe(settings: TuneSettings, method: str, nodes: int | None) -> str:
+    """One process on one node runs the single-device recipe (no torchrun, no FSDP); otherwise the distributed
+    one. torchtune 0.6.1 `tune run` refuses torchrun flags for a single-device recipe (torchtune/_cli/run.py)."""
+    single = (nodes or 1) == 1 and settings.nproc_per_node == 1
+    return (SINGLE_DEVICE if single else RECIPES)[method]
 
 
 def _context(settings: Any) -> dict[str, Any]:
@@ -257,7 +331,10 @@ def _context(settings: Any) -> dict[str, Any]:
         # JSON is YAML: one quoted scalar per value, so nothing in it is ever read by the shell (heredoc 'EOF').
         return json.dumps(CONFIGS[kind](settings, params), indent=2)
 
-    return {"tune_config": config, "recipes": RECIPES, "pins": settings.pins}
+    def recipe(method: str, nodes: int | None) -> str:
+        return finetune_recipe(settings, method, nodes)
+
+    return {"tune_config": config, "recipes": RECIPES, "finetune_recipe": recipe, "pins": settings.pins}
 
 
 def _epoch_dir(settings: Any, params: Any) -> list[str]:

@@ -5,6 +5,7 @@ one of them: every `_component_` resolves and its arguments bind. Nothing is tra
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,11 +16,14 @@ from orchestrator import plan, spec
 from tests.conftest import REPO
 from tests.stages.conftest import stage
 
-# torchtune and what `tune validate` imports, without their dependencies (pip would otherwise pull a second
-# torch of several GB: this venv's CPU torch is used).
-TORCHTUNE_SITE = ["torchtune==0.6.1", "torchao==0.10.0", "omegaconf==2.4.0", "antlr4-python3-runtime==4.9.3",
-                  "datasets==3.6.0", "dill==0.4.1", "multiprocess==0.70.19", "pandas==3.1.1", "pyarrow==26.0.1",
-                  "xxhash==4.1.0", "sentencepiece==0.2.3", "tiktoken==0.14.0",
+# torchtune and what its recipes import that this venv lacks, without their dependencies (pip would otherwise
+# pull a second torch of several GB: this venv's CPU torch is used). torchtune 0.6.1's own requirements
+# (its wheel's METADATA): torchdata==0.11.0 (the finetune recipes' StatefulDataLoader), datasets, safetensors,
+# kagglehub, sentencepiece, tiktoken, blobfile>=2, tokenizers, numpy, omegaconf, psutil, Pillow; datasets,
+# lm_eval 0.4.8 (eleuther_eval), safetensors, tokenizers and the rest come from the venv (the `eval` extra).
+TORCHTUNE_SITE = ["torchtune==0.6.1", "torchao==0.10.0", "torchdata==0.11.0", "omegaconf==2.4.0",
+                  "antlr4-python3-runtime==4.9.3", "sentencepiece==0.2.3", "tiktoken==0.14.0", "blobfile==3.3.0",
+                  "pycryptodomex==3.24.2", "pillow==13.0.0",  # blobfile's; eleuther_eval imports PIL
                   "kagglehub==0.3.12"]  # the `tune` CLI imports it; 0.3.x needs no protobuf
 
 
@@ -27,7 +31,8 @@ TORCHTUNE_SITE = ["torchtune==0.6.1", "torchao==0.10.0", "omegaconf==2.4.0", "an
 def torchtune_site() -> Path:
     site = Path(sys.prefix) / "torchtune-0.6.1-site"
     marker = site / ".complete"
-    if not marker.is_file():
+    if not marker.is_file() or marker.read_text() != " ".join(TORCHTUNE_SITE):
+        shutil.rmtree(site, ignore_errors=True)
         out = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site),
                               "--upgrade", *TORCHTUNE_SITE], capture_output=True, text=True, timeout=900)
         assert out.returncode == 0, f"could not install torchtune for the check:\n{out.stderr[-2000:]}"
@@ -94,7 +99,8 @@ def test_checkpoint_files_come_from_the_files_present(tmp_path):
     model = fake_model(tmp_path, shards=30)
     tune_config("{}", "--output", str(tmp_path / "c.yaml"), "--checkpoint-dir", str(model))
     files = yaml.safe_load((tmp_path / "c.yaml").read_text())["checkpointer"]["checkpoint_files"]
-    assert files == {"filename_format": "model-{}-of-{}.safetensors", "max_filename": "00030"}
+    # A list, so that quantize.py's `checkpoint_files[0]` works (a {filename_format, max_filename} mapping fails).
+    assert files == [f"model-{i:05d}-of-00030.safetensors" for i in range(1, 31)]
     (model / "model-00007-of-00030.safetensors").unlink()
     out = tune_config("{}", "--output", str(tmp_path / "c.yaml"), "--checkpoint-dir", str(model), check=False)
     assert out.returncode == 2 and "1 of 30 safetensors shards missing (e.g. model-00007-of-00030" in out.stderr

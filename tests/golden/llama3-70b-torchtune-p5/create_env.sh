@@ -14,17 +14,18 @@ export NCCL_SOCKET_IFNAME='^docker,lo,veth'
 export TORCH_NCCL_ASYNC_ERROR_HANDLING=1
 export PYTHONPATH="${PIPELINE_STAGES_PATH:-}${PYTHONPATH:+:$PYTHONPATH}"
 # A venv with torchtune and its companions pinned (stages.md 4.1: the seed cloned torchtune main unpinned
-# and its configs broke when components moved). torch itself comes from the venv's base (the cluster's CUDA
-# build); kept when the recorded pins match, so a rerun does not reinstall.
+# and its configs broke when components moved). torch is pinned to the release torchtune 0.6.1 and torchao
+# 0.10.0 were built with: the base's torch is used when it is that version, else pip installs it (lm_eval
+# alone would take the newest). Kept when the recorded pins match, so a rerun does not reinstall.
 VENV=/fsx/ubuntu/torchtune-llama3-70b/venv
-PINS='torchtune==0.6.1 torchao==0.10.0 lm_eval==0.4.8 omegaconf pyyaml'
+PINS='torch==2.7.0 torchtune==0.6.1 torchao==0.10.0 torchdata==0.11.0 lm_eval==0.4.8 omegaconf pyyaml'
 if [[ -f "$VENV/.pipeline-pins" && "$(cat "$VENV/.pipeline-pins")" == "$PINS" ]]; then
   echo "env $VENV already has: $PINS"
 else
   python3 -m venv --system-site-packages "$VENV"
   source "$VENV/bin/activate"
   python -m pip install --upgrade pip
-  python -m pip install torchtune==0.6.1 torchao==0.10.0 lm_eval==0.4.8 omegaconf pyyaml 
+  python -m pip install torch==2.7.0 torchtune==0.6.1 torchao==0.10.0 torchdata==0.11.0 lm_eval==0.4.8 omegaconf pyyaml 
   echo "$PINS" > "$VENV/.pipeline-pins"
 fi
 source "$VENV/bin/activate"

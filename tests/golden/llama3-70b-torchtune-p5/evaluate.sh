@@ -25,14 +25,16 @@ if [[ -z "$NEWEST" ]]; then
 fi
 EPOCH="$SOURCE_DIR/$NEWEST"
 
-echo "evaluating $EPOCH on cuda"
+REPORT="$WORKDIR/reports/evaluate"
+mkdir -p "$REPORT"
+echo "evaluating $EPOCH on cpu"
 # The whole torchtune config, from the spec's settings with the pinned release's component paths; the
 # run-time paths and the checkpoint files actually present are merged in, and `tune validate` instantiates
 # nothing but checks every component resolves before the GPUs are touched (stages.md defect 20).
 CONFIG="$PIPELINE_RUN_DIR/torchtune/evaluate.yaml"
 python -m stages tune-config --output "$CONFIG" --checkpoint-dir "$EPOCH" \
   --tokenizer "$WORKDIR/model/original/tokenizer.model" \
-  --set output_dir="$WORKDIR/reports/evaluate" <<'PIPELINE_TUNE_CONFIG'
+  --set output_dir="$REPORT" --set checkpointer.output_dir="$REPORT" <<'PIPELINE_TUNE_CONFIG'
 {
   "tokenizer": {
     "_component_": "torchtune.models.llama3.llama3_tokenizer",
@@ -54,10 +56,14 @@ python -m stages tune-config --output "$CONFIG" --checkpoint-dir "$EPOCH" \
   "limit": null,
   "max_seq_length": 4096,
   "batch_size": 8,
-  "device": "cuda",
+  "device": "cpu",
   "enable_kv_cache": true,
   "quantizer": null
 }
 PIPELINE_TUNE_CONFIG
 tune validate "$CONFIG"
-tune run eleuther_eval --config "$CONFIG"
+# eleuther_eval only logs lm_eval's results table: keep the log, and turn the table into metrics.json.
+# torchtune 0.6.1's eval wrapper also builds lm_eval's HFLM("gpt2") (recipes/eleuther_eval.py), which loads GPT-2
+# from the Hub: the node needs the Hub, or gpt2 already in its HF cache (then set HF_HUB_OFFLINE=1 in env).
+tune run eleuther_eval --config "$CONFIG" 2>&1 | tee "$REPORT/eleuther_eval.log"
+python -m stages tune-report --eval "$REPORT/eleuther_eval.log" --output "$REPORT/metrics.json"

@@ -25,13 +25,15 @@ if [[ -z "$NEWEST" ]]; then
 fi
 EPOCH="$SOURCE_DIR/$NEWEST"
 
+REPORT="$WORKDIR/reports/generate"
+mkdir -p "$REPORT"
 # The whole torchtune config, from the spec's settings with the pinned release's component paths; the
 # run-time paths and the checkpoint files actually present are merged in, and `tune validate` instantiates
 # nothing but checks every component resolves before the GPUs are touched (stages.md defect 20).
 CONFIG="$PIPELINE_RUN_DIR/torchtune/generate.yaml"
 python -m stages tune-config --output "$CONFIG" --checkpoint-dir "$EPOCH" \
   --tokenizer "$WORKDIR/model/original/tokenizer.model" \
-  --set output_dir="$WORKDIR/reports/generate" <<'PIPELINE_TUNE_CONFIG'
+  --set output_dir="$REPORT" --set checkpointer.output_dir="$REPORT" <<'PIPELINE_TUNE_CONFIG'
 {
   "tokenizer": {
     "_component_": "torchtune.models.llama3.llama3_tokenizer",
@@ -47,7 +49,7 @@ python -m stages tune-config --output "$CONFIG" --checkpoint-dir "$EPOCH" \
   "model": {
     "_component_": "torchtune.models.llama3.llama3_70b"
   },
-  "device": "cuda",
+  "device": "cpu",
   "prompt": {
     "system": null,
     "user": "Hello, my name is"
@@ -60,4 +62,6 @@ python -m stages tune-config --output "$CONFIG" --checkpoint-dir "$EPOCH" \
 }
 PIPELINE_TUNE_CONFIG
 tune validate "$CONFIG"
-tune run generate --config "$CONFIG"
+# The generate recipe only logs the text: keep the log, and the text itself in generated.txt.
+tune run generate --config "$CONFIG" 2>&1 | tee "$REPORT/generate.log"
+python -m stages tune-report --generated "$REPORT/generate.log" --output "$REPORT/generated.txt"

@@ -17,8 +17,8 @@ export TORCH_NCCL_ASYNC_ERROR_HANDLING=1
 source /fsx/ubuntu/torchtune-llama3-70b/venv/bin/activate
 export PYTHONPATH="${PIPELINE_STAGES_PATH:-}${PYTHONPATH:+:$PYTHONPATH}"
 TUNED="$WORKDIR/tuned/lora"
-if [[ "${1:-}" != "--task" ]]; then  # once per job, on the batch host, before one torchrun per node
-  mkdir -p "$TUNED"
+if [[ "${1:-}" != "--task" ]]; then  # once per job, on the batch host, before the tasks start
+mkdir -p "$TUNED"
 # The whole torchtune config, from the spec's settings with the pinned release's component paths; the
 # run-time paths and the checkpoint files actually present are merged in, and `tune validate` instantiates
 # nothing but checks every component resolves before the GPUs are touched (stages.md defect 20).
@@ -111,8 +111,6 @@ if [[ "${1:-}" != "--task" ]]; then
   exec bash "$0" --task
 fi
 
-# torchtune's own launcher is torchrun: one consistent flag set from the real topology (stages.md defect 9:
-# the seed passed --nnodes twice and ran --ntasks=1).
-tune run --nnodes="$PIPELINE_NNODES" --nproc_per_node=8 --rdzv_backend=c10d \
-  --rdzv_endpoint="$PIPELINE_HEAD_ADDR:$PIPELINE_RDZV_PORT" --rdzv_id="$PIPELINE_RDZV_ID" \
+# torchtune's own launcher is torchrun: `tune run` takes torchrun's flags, the shared launcher's set.
+tune run --nnodes="$PIPELINE_NNODES" --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint="$PIPELINE_HEAD_ADDR:$PIPELINE_RDZV_PORT" --rdzv_id="$PIPELINE_RDZV_ID" --rdzv_conf=is_host=$(( ${SLURM_NODEID:-0} == 0 )) \
   lora_finetune_distributed --config "$PIPELINE_RUN_DIR/torchtune/lora.yaml"

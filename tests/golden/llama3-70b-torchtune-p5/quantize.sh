@@ -49,18 +49,18 @@ python -m stages tune-config --output "$CONFIG" --checkpoint-dir "$EPOCH" \
   "model": {
     "_component_": "torchtune.models.llama3.llama3_70b"
   },
-  "device": "cuda",
+  "device": "cpu",
   "quantizer": {
-    "_component_": "torchtune.training.quantization.Int4WeightOnlyQuantizer",
+    "_component_": "torchtune.training.quantization.Int8DynActInt4WeightQuantizer",
     "groupsize": 256
   }
 }
 PIPELINE_TUNE_CONFIG
 tune validate "$CONFIG"
 tune run quantize --config "$CONFIG"
-# The recipe names its output after the first checkpoint file; find it instead of assuming a name (defect 21).
-if ! compgen -G "$OUT/*-4w*" > /dev/null; then
-  echo "error: quantize finished but wrote no *-4w* file under $OUT" >&2
+# recipes/quantize.py names its output <first checkpoint file>-8da4w.pt; found, not assumed (defect 21).
+if ! compgen -G "$OUT/*-8da4w.pt" > /dev/null; then
+  echo "error: quantize finished but wrote no *-8da4w.pt file under $OUT" >&2
   exit 2
 fi
 ls -l "$OUT"
