@@ -89,7 +89,7 @@ DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 def dolly_messages(row: dict[str, Any], system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> list[dict[str, str]]:
     user = row["instruction"]
     if row.get("context"):
-        user = f"{user}\n\n{row['context']}"
+        user = f"{user}\n\nContext: {row['context']}"  # upstream's exact text: `+= f"\n\nContext: {...}"`
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
     return [*messages, {"role": "user", "content": user}, {"role": "assistant", "content": row["response"]}]
 
