@@ -146,6 +146,7 @@ def training_kwargs(args: argparse.Namespace, run_mode: str) -> dict[str, Any]:
         kwargs["use_xser"] = False
     else:
         kwargs["max_seq_length"] = args.max_seq_length
+        kwargs["dataset_text_field"] = "text"  # trl 0.11 calls a formatting_func batched: pre-format instead
     if run_mode == "compile":
         kwargs["save_strategy"] = "no"  # trial outputs are invalid: never write checkpoints from them
     return kwargs
@@ -193,8 +194,9 @@ def make_trainer(args: argparse.Namespace, model: Any, config: Any, tokenizer: A
     if args.sdk == "gen2":  # 0.4.5 takes processing_class= and has no **kwargs (trainers/sft_trainer.py)
         return NeuronSFTTrainer(model=model, args=config, train_dataset=train, processing_class=tokenizer,
                                 peft_config=lora, formatting_func=formatting_func)
+    train = train.map(lambda row: {"text": formatting_func(row)})
     return NeuronSFTTrainer(model=model, args=config, train_dataset=train, tokenizer=tokenizer,  # 0.1.0 / trl 0.11
-                            peft_config=lora, formatting_func=formatting_func)
+                            peft_config=lora)
 
 
 def run(args: argparse.Namespace) -> int:  # pragma: no cover - needs Trainium and optimum-neuron
