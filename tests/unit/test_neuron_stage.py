@@ -144,3 +144,32 @@ def test_clear_error_without_optimum_neuron(tmp_path):
                           "8"], capture_output=True, text=True, env=env)
     assert out.returncode == 2
     assert "the Neuron training stack (optimum-neuron) is not installed here" in out.stderr
+
+
+@pytest.mark.parametrize("interpreter", ["absent", "without-venv"])
+def test_create_env_fails_first_when_python310_is_missing(interpreter, write_spec, tmp_path):
+    """The SDK 2.28 DLAMI is Ubuntu 24.04 (Python 3.12): without python3.10 and its venv module the env stage
+    stops before installing anything and says what is missing and how upstream installs it."""
+    path = write_spec(f"""
+        name: p
+        family: neuron
+        workdir: {tmp_path / 'work'}
+        venv: {tmp_path / 'venv'}
+        stages:
+          - {{name: create_env, kind: create_env}}
+        """)
+    script = plan.build(spec.load(path)).stage("create_env").script
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("bash", "cat", "hostname", "uname", "mkdir"):
+        (bin_dir / tool).symlink_to(subprocess.run(["which", tool], capture_output=True, text=True).stdout.strip())
+    if interpreter == "without-venv":  # Ubuntu's python3.10 without python3.10-venv: ensurepip cannot import
+        (bin_dir / "python3.10").write_text(f"#!/bin/sh\nexec {sys.executable} -c 'import sys; sys.exit(1)'\n")
+        (bin_dir / "python3.10").chmod(0o755)
+    (tmp_path / "create_env.sh").write_text(script)
+    out = subprocess.run([str(bin_dir / "bash"), str(tmp_path / "create_env.sh")], capture_output=True, text=True,
+                         env={"PATH": str(bin_dir), "PIPELINE_RUN_DIR": str(tmp_path)})
+    assert out.returncode == 2, out.stderr
+    assert "error: python3.10 with its venv module (ensurepip) is missing on" in out.stderr
+    assert "sudo add-apt-repository -y ppa:deadsnakes/ppa" in out.stderr and "python3.10-venv" in out.stderr
+    assert not (tmp_path / "venv").exists()  # nothing half-done
