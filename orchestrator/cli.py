@@ -139,7 +139,7 @@ def _wait(run_dir: Path, quiet: bool, cap_s: float = 30.0) -> int:
         if not quiet:
             screen.show(_table(view), view)
         states = [s.state for s in view.state.stages.values()]
-        if all(s.terminal or s is JobState.NOT_SUBMITTED for s in states) and view.warning is None:
+        if all(s.terminal or s is JobState.NOT_SUBMITTED for s in states):  # a failed query shows UNKNOWN
             return 0 if all(s.ok for s in states) else 1
         time.sleep(delay)
         delay = min(screen.poll_cap(cap_s), delay * 2)
@@ -213,6 +213,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
 def cmd_cancel(args: argparse.Namespace) -> int:
     store, saved, scheduler = load_run(args.run)
     with store.changing():
+        status.refresh([store.paths.root])  # what ended meanwhile is not cancelled (nor reported as cancelled)
         ids = apply.cancel(store, saved, scheduler, args.stage)
     print(f"cancelled {len(ids)} job(s): {' '.join(ids)}" if ids else "nothing to cancel: no queued or running job")
     return 0

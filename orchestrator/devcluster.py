@@ -144,18 +144,12 @@ def _start_munge(paths: dict[str, Path]) -> Path:
 
 def _start_mariadb(paths: dict[str, Path], port: int) -> str:
     data = paths["mysql"] / "data"
-    sock = paths["mysql"] / "mysqld.sock"
     if not (data / "mysql").exists():
         done = proc.run(["mariadb-install-db", f"--datadir={data}", "--user=root",
                          "--auth-root-authentication-method=socket", "--skip-test-db"], timeout=300, check=False)
         if done.returncode != 0:
             raise DevClusterError(f"mariadb-install-db failed: {done.stderr[-500:]}")
-    pid = _spawn(["mariadbd", "--no-defaults", f"--datadir={data}", f"--socket={sock}", "--user=root",
-                  "--bind-address=127.0.0.1", f"--port={port}", f"--pid-file={paths['run'] / 'mariadb.real.pid'}",
-                  "--innodb-buffer-pool-size=32M", "--skip-name-resolve"], paths["log"] / "mariadb.log")
-    _record(paths["etc"].parent, "mariadbd", pid)
-    client = ["mariadb", "--no-defaults", f"--socket={sock}", "-uroot"]
-    _wait_for("MariaDB", lambda: _ok([*client, "-e", "select 1"], dict(os.environ)), paths["etc"].parent)
+    client = _spawn_mariadb(paths["etc"].parent, port)
     password = secrets.token_hex(12)
     sql = (f"CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY '{password}';"
            f"ALTER USER 'slurm'@'127.0.0.1' IDENTIFIED BY '{password}';"
@@ -165,6 +159,31 @@ def _start_mariadb(paths: dict[str, Path], port: int) -> str:
     if done.returncode != 0:
         raise DevClusterError(f"creating the slurm database user failed: {done.stderr.strip()[-500:]}")
     return password
+
+
+def _spawn_mariadb(workdir: Path, port: int) -> list[str]:
+    """Start mariadbd on its data directory; returns the root client argv once it answers."""
+    data, sock = workdir / "mysql" / "data", workdir / "mysql" / "mysqld.sock"
+    pid = _spawn(["mariadbd", "--no-defaults", f"--datadir={data}", f"--socket={sock}", "--user=root",
+                  "--bind-address=127.0.0.1", f"--port={port}", f"--pid-file={workdir / 'run' / 'mariadb.real.pid'}",
+                  "--innodb-buffer-pool-size=32M", "--skip-name-resolve"], workdir / "log" / "mariadb.log")
+    _record(workdir, "mariadbd", pid)
+    client = ["mariadb", "--no-defaults", f"--socket={sock}", "-uroot"]
+    _wait_for("MariaDB", lambda: _ok([*client, "-e", "select 1"], dict(os.environ)), workdir)
+    return client
+
+
+def stop_database(cluster: DevCluster) -> None:
+    """Accounting down, slurmdbd up: stop MariaDB, so sacct fails with "Unable to connect to database"."""
+    _stop(cluster.workdir / "run" / "mariadbd.pid")
+
+
+def start_database(cluster: DevCluster) -> None:
+    conf = (cluster.workdir / "etc" / "slurmdbd.conf").read_text()
+    port = int(next(l.split("=", 1)[1] for l in conf.splitlines() if l.startswith("StoragePort=")))
+    _spawn_mariadb(cluster.workdir, port)
+    env = _client_env(cluster.conf)
+    _wait_for("sacct", lambda: _ok(["sacct", "-n", "-X", "-S", "now-1hour"], env), cluster.workdir)
 
 
 def _write_configs(paths: dict[str, Path], nodes: list[str], cpus: int, ports: dict[str, int],

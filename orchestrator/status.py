@@ -8,13 +8,14 @@ slurmctld/slurmdbd (sacct(1) and squeue(1) PERFORMANCE sections; submitit#1759, 
 from __future__ import annotations
 
 import json
+import signal
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import SchedulerError, StateError
-from orchestrator.scheduler import JobInfo, Scheduler
+from orchestrator.scheduler import AccountingUnavailable, JobInfo, Scheduler
 from orchestrator.spec import ClusterProfile
 from orchestrator.state import Attempt, RunPaths, RunState, Store
 from orchestrator.states import JobState
@@ -54,14 +55,19 @@ def refresh(run_dirs: list[Path], schedulers: dict[str, Scheduler] | None = None
         if not ids:
             continue
         scheduler = (schedulers or {}).get(key) or scheduler_for(members[0].run_dir)
+        degraded = False
         try:
             found: dict[str, JobInfo] | None = scheduler.query(ids)
+        except AccountingUnavailable as exc:
+            found, degraded = exc.found, True
+            for view in members:
+                view.warning = exc.message
         except SchedulerError as exc:
             found = None
             for view in members:
                 view.warning = f"scheduler query failed ({exc.message}); states below may be stale"
         for view in members:
-            _apply(view, found)
+            _apply(view, found, degraded)
     return views
 
 
@@ -76,7 +82,7 @@ def group_key(state: RunState, run_dir: Path) -> str:
     return "slurm:" + _cluster_of(run_dir).accounting
 
 
-def _apply(view: RunView, found: dict[str, JobInfo] | None) -> None:
+def _apply(view: RunView, found: dict[str, JobInfo] | None, degraded: bool = False) -> None:
     paths = RunPaths(view.run_dir)
     updates: dict[str, Attempt] = {}
     for name, stage in view.state.stages.items():
@@ -87,9 +93,13 @@ def _apply(view: RunView, found: dict[str, JobInfo] | None) -> None:
             current.state, current.reason = JobState.UNKNOWN, "scheduler query failed"
             continue  # shown, never persisted: a failed query is not news about the job
         info = found.get(current.job_id)
-        merged = _merge(current, info, latest_record(paths, name, current.job_id))
-        updates[name] = merged
+        merged = _merge(current, info, latest_record(paths, name, current.job_id), degraded)
         stage.attempts[-1] = merged
+        if degraded and merged.state is JobState.UNKNOWN:
+            continue  # shown, never persisted: accounting may know how it ended once it is back
+        updates[name] = merged
+    for name in updates:
+        _explain_cancel(view.state, name)
     if updates:
         with Store(view.run_dir).update() as fresh:
             for name, attempt in updates.items():
@@ -98,28 +108,85 @@ def _apply(view: RunView, found: dict[str, JobInfo] | None) -> None:
                     fresh.stages[name].attempts[-1] = attempt
 
 
-def _merge(attempt: Attempt, info: JobInfo | None, record: dict[str, Any] | None) -> Attempt:
+CANCEL_REQUESTED = "cancel requested"
+CANCELLED_BY_US = "cancelled by `pipeline cancel`"
+DEPENDENCY_FAILED = "a dependency failed (cancelled by --kill-on-invalid-dep)"
+CANCELLED_BY_USER = "cancelled by a user (scancel); no dependency had failed"
+
+
+def _merge(attempt: Attempt, info: JobInfo | None, record: dict[str, Any] | None,
+           degraded: bool = False) -> Attempt:
     new = attempt.model_copy()
     if info is not None:
         new.state, new.reason = info.state, _reason(info)
-        new.exit_code = info.exit_code if info.exit_code is not None else new.exit_code
+        new.exit_code = _exit_code(info, record, new.exit_code)
         new.nodes = info.nodes or new.nodes
         new.start, new.end = info.start or new.start, info.end or new.end
         new.restarts = max(info.restarts, new.restarts)
         if record and info.state.terminal and record.get("reason") and not info.state.ok:
             new.reason = record["reason"]  # "declared outputs missing: ..." beats a bare FAILED
+        if info.state is JobState.TIMEOUT:
+            new.reason = _timeout_reason(new.exit_code)
+        if attempt.reason in (CANCEL_REQUESTED, CANCELLED_BY_US):
+            new.reason = CANCELLED_BY_US if info.state is JobState.CANCELLED else CANCEL_REQUESTED
         return new
     # The scheduler knows nothing (no accounting and aged out of squeue, or purged): trust the job's own record.
     if record is None:
-        new.state, new.reason = JobState.UNKNOWN, "the scheduler has no record of this job and it left none"
+        new.state, new.reason = JobState.UNKNOWN, (
+            "accounting is unreachable and the controller no longer lists this job; it left no record" if degraded
+            else "the scheduler has no record of this job and it left none")
     elif "exit_code" in record:
         new.state = JobState.COMPLETED if record["exit_code"] == 0 else JobState.FAILED
         new.exit_code, new.end, new.reason = record["exit_code"], record["end"], record.get("reason")
     else:
-        new.state, new.reason = JobState.UNKNOWN, "started but left no end record and the scheduler forgot it"
+        new.state, new.reason = JobState.UNKNOWN, (
+            "accounting is unreachable, the controller no longer lists it, and it left no end record" if degraded
+            else "started but left no end record and the scheduler forgot it")
     if record is not None:
         new.start, new.nodes = record.get("start") or new.start, record.get("nodes") or record.get("host")
     return new
+
+
+def _exit_code(info: JobInfo, record: dict[str, Any] | None, before: int | None) -> int | None:
+    """The code (or 128+signal) that really ended the job; None while it runs and for a job that never ran.
+    sacct reports 0:0 for pending and never-started jobs and, for the allocation of a TIMEOUT job, 0:0 too (the
+    signal is on the batch step): the job's own end record, when there is one, says what the program returned."""
+    if not info.state.terminal:
+        return None
+    if info.state.ok:
+        return 0
+    if record is not None and isinstance(record.get("exit_code"), int):
+        return int(record["exit_code"])
+    if info.exit_code:
+        return info.exit_code
+    if info.state is JobState.TIMEOUT:
+        return 128 + signal.SIGTERM  # sbatch(1) --time: at the limit every task gets SIGTERM, then SIGKILL
+    return before if before else None
+
+
+def _timeout_reason(code: int | None) -> str:
+    sig = _signal_name(code)
+    return "hit its time limit (resources.time)" + (f"; ended by {sig}" if sig else "")
+
+
+def _signal_name(code: int | None) -> str | None:
+    if code is None or code <= 128:
+        return None
+    try:
+        return signal.Signals(code - 128).name
+    except ValueError:
+        return None
+
+
+def _explain_cancel(state: RunState, name: str) -> None:
+    """Slurm keeps a cancelled job's last pending reason ("Dependency") whoever cancelled it: only a failed parent
+    makes it a dependency failure; otherwise someone cancelled it."""
+    current = state.stages[name].current
+    if current is None or current.state is not JobState.CANCELLED or current.reason != DEPENDENCY_FAILED:
+        return
+    parents = [state.stages[p].state for p in state.stages[name].after if p in state.stages]
+    if not any(p.terminal and not p.ok for p in parents):
+        current.reason = CANCELLED_BY_USER
 
 
 def _reason(info: JobInfo) -> str | None:
@@ -127,7 +194,7 @@ def _reason(info: JobInfo) -> str | None:
     if info.state.ok:
         return None
     if info.state is JobState.CANCELLED and info.reason in ("Dependency", "DependencyNeverSatisfied"):
-        return "a dependency failed (cancelled by --kill-on-invalid-dep)"
+        return DEPENDENCY_FAILED
     if info.state is JobState.PENDING and info.reason == "Dependency":
         return "waiting for its dependencies"
     if info.state is JobState.PENDING and info.reason == "BeginTime":

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from orchestrator.errors import SchedulerError
 from orchestrator.spec import ClusterProfile, Resources
 from orchestrator.states import JobState
 
@@ -32,6 +33,16 @@ class JobInfo:
     reason: str | None = None
     restarts: int = 0
     extra: dict[str, str] = field(default_factory=dict)
+
+
+class AccountingUnavailable(SchedulerError):
+    """Accounting (sacct) failed but the controller answered: `found` holds what squeue knows. Status uses it with
+    the jobs' own records and shows one warning line, instead of calling every stage UNKNOWN (issue 13 item 9)."""
+
+    def __init__(self, found: dict[str, JobInfo], cause: str) -> None:
+        self.found = found
+        super().__init__(f"accounting is unreachable ({cause}); states come from the controller and the jobs' "
+                         "own records", "check slurmdbd and its database (sacctmgr show cluster)")
 
 
 class Scheduler(Protocol):

@@ -19,7 +19,7 @@ from typing import Any
 from orchestrator import proc
 from orchestrator.errors import CommandError, SchedulerError
 from orchestrator.jobside import run_stage
-from orchestrator.scheduler import JobInfo, SubmitRequest
+from orchestrator.scheduler import AccountingUnavailable, JobInfo, SubmitRequest
 from orchestrator.secrets import job_env
 from orchestrator.spec import ClusterProfile
 from orchestrator.state import faultpoint
@@ -151,7 +151,12 @@ class SlurmScheduler:
         if not job_ids:
             return {}
         if self.cluster.accounting != "off":
-            found = self._sacct(job_ids)
+            try:
+                found = self._sacct(job_ids)
+            except SchedulerError as exc:
+                # slurmdbd or its database is down: the controller still knows every live job, and the jobs'
+                # records know how finished ones ended. UNKNOWN for all would stop rerun and mislead cancel.
+                raise AccountingUnavailable(self._squeue(job_ids), _first_error(exc.message)) from None
             if found is not None:
                 # Ask the controller about jobs slurmdbd does not know yet (it learns of them a moment later)
                 # and about NODE_FAIL/PREEMPTED ones: with --requeue such a job is back in the queue, pending
@@ -162,8 +167,8 @@ class SlurmScheduler:
                 live = self._squeue(recheck)
                 return {**found, **{j: info for j, info in live.items() if not info.state.terminal or j not in found}}
             if self.cluster.accounting == "on":
-                raise SchedulerError("sacct failed although the cluster profile says accounting: on",
-                                     "check slurmdbd, or set accounting: auto")
+                raise AccountingUnavailable(self._squeue(job_ids), "accounting storage is disabled in slurm.conf "
+                                            "although the cluster profile says accounting: on")
         return self._squeue(job_ids)
 
     def _sacct(self, job_ids: Sequence[str]) -> dict[str, JobInfo] | None:
@@ -202,6 +207,12 @@ class SlurmScheduler:
         out = proc.run(["sacct", "-n", "-P", "-o", USAGE_FIELDS, "-j", ",".join(job_ids)], timeout=QUERY_TIMEOUT_S,
                        hint="the report's resource table needs Slurm accounting (slurmdbd)")
         return parse_usage(out.stdout)
+
+
+def _first_error(message: str) -> str:
+    """The last `error:` line of a failed command's message (sacct prints three for one cause)."""
+    errors = [l.split("error:", 1)[1].strip() for l in message.splitlines() if "error:" in l]
+    return errors[-1] if errors else message.splitlines()[0][:200]
 
 
 def _executor(folder: Path, python: str, stage: str) -> Any:

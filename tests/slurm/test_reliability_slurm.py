@@ -404,3 +404,94 @@ stages:
         time.sleep(0.5)
     record_figure("concurrent_reruns", {"started": 4, "submitted": len(ok), "refused": len(refused),
                                         "jobs_of_stage": len(jobs), "cancel_stage_cancelled": len(live_b)})
+
+
+def _status_lines(run_dir: Path) -> dict[str, str]:
+    """`pipeline status` as printed: stage -> its table line; 'warning' -> the warning lines."""
+    out = _cli("status", str(run_dir)).stdout
+    lines = {line.split()[0]: line for line in out.splitlines()[2:] if line.startswith("  ") and line.split()}
+    lines["warning"] = "\n".join(l for l in out.splitlines() if l.startswith("warning:"))
+    return lines
+
+
+def _exit_column(line: str) -> str:
+    """The EXIT column of a status line (fixed-width table: STAGE STATE JOB NODES ELAPSED EXIT NOTE)."""
+    return line[2 + 17 + 15 + 11 + 15 + 10:2 + 17 + 15 + 11 + 15 + 10 + 4].strip()
+
+
+def test_exit_codes_signals_and_who_cancelled(slurm_cluster, write_spec):
+    """Issue 13 item 6: a stage that hits its 1-minute time limit shows the signal that ended it (the old code
+    showed EXIT 0); pending and cancelled stages show no exit code (old: 0); a stage cancelled by the user is
+    told apart from one cancelled because its dependency failed (old: both 'a dependency failed')."""
+    path = write_spec(f"""name: exits
+cluster: {CLUSTER}
+stages:
+  - {{name: slow, kind: command, run: "sleep 300", resources: {{time: "1"}}}}
+  - {{name: after_slow, kind: command, run: "true"}}
+  - {{name: victim, kind: command, run: "true", after: [slow]}}
+  - {{name: solo, kind: command, run: "sleep 300", after: []}}
+""")
+    run_cli("submit", str(path))
+    run_dir = latest_run()
+    wait_state(run_dir, "slow", S.RUNNING)
+    wait_state(run_dir, "solo", S.RUNNING)
+    during = _status_lines(run_dir)
+    assert "PENDING" in during["after_slow"] and _exit_column(during["after_slow"]) == ""
+    assert "RUNNING" in during["slow"] and _exit_column(during["slow"]) == ""
+    saved = state.Store(run_dir).read()
+    subprocess.run(["scancel", saved.stages["victim"].current.job_id], check=True)  # a user, not pipeline
+    assert _cli("cancel", run_dir.name, "--stage", "solo").returncode == 0
+    wait_state(run_dir, "victim", S.CANCELLED, timeout=30)
+    started = time.monotonic()
+    assert wait_terminal(run_dir, timeout=150) == {"slow": S.TIMEOUT, "after_slow": S.CANCELLED,
+                                                   "victim": S.CANCELLED, "solo": S.CANCELLED}
+    lines = _status_lines(run_dir)
+    assert _exit_column(lines["slow"]) == "143" and "hit its time limit" in lines["slow"]
+    assert "ended by SIGTERM" in lines["slow"]
+    assert _exit_column(lines["after_slow"]) == "" and "a dependency failed" in lines["after_slow"]
+    assert _exit_column(lines["victim"]) == "" and "cancelled by a user (scancel)" in lines["victim"]
+    assert "cancelled by `pipeline cancel`" in lines["solo"]
+    record_figure("exit_codes", {"timeout_exit": _exit_column(lines["slow"]), "timeout_note": lines["slow"][76:].strip(),
+                                 "pending_exit": "", "seconds_waiting_for_the_time_limit": round(time.monotonic() - started)})
+
+
+def test_accounting_down_falls_back_to_controller_and_records(slurm_cluster, write_spec):
+    """Issue 13 item 9: slurmdbd up, its database (MariaDB) stopped, so every sacct fails with "Unable to connect
+    to database". Status must show the states the controller and the job records know, with one warning line;
+    rerun must work (old: "still queued or running"); cancel must not target finished jobs."""
+    path = write_spec(f"""name: noacct
+cluster: {CLUSTER}
+stages:
+  - {{name: a, kind: command, run: "true"}}
+  - {{name: b, kind: command, run: "exit 3"}}
+  - {{name: c, kind: command, run: "true"}}
+  - {{name: d, kind: command, run: "sleep 60", after: []}}
+""")
+    devcluster.stop_database(slurm_cluster)
+    try:
+        run_cli("submit", str(path))
+        run_dir = latest_run()
+        deadline = time.monotonic() + 60
+        while True:
+            lines = _status_lines(run_dir)
+            if "CANCELLED" in lines["c"] and "RUNNING" in lines["d"]:
+                break
+            assert time.monotonic() < deadline, lines
+            time.sleep(0.5)
+        assert lines["warning"].count("\n") == 0 and "accounting is unreachable" in lines["warning"]
+        assert "COMPLETED" in lines["a"] and _exit_column(lines["a"]) == "0"
+        assert "FAILED" in lines["b"] and _exit_column(lines["b"]) == "3" and "script exited 3" in lines["b"]
+        assert "a dependency failed" in lines["c"] and _exit_column(lines["c"]) == ""
+        assert not any("UNKNOWN" in v or "query failed" in v for v in lines.values())
+        rerun = _cli("rerun", run_dir.name)
+        assert rerun.returncode == 0 and "b: " in rerun.stdout and "c: " in rerun.stdout, rerun.stderr
+        a_job = state.Store(run_dir).read().stages["a"].current.job_id
+        cancelled = _cli("cancel", run_dir.name)
+        assert cancelled.returncode == 0 and a_job not in cancelled.stdout.split()
+        d_job = state.Store(run_dir).read().stages["d"].current.job_id
+        assert d_job in cancelled.stdout
+    finally:
+        devcluster.start_database(slurm_cluster)
+    assert _status_lines(run_dir)["warning"] == ""
+    record_figure("accounting_down", {"warning_lines": 1, "unknown_stages": 0, "rerun": "accepted",
+                                      "cancel_targets_finished": 0})
