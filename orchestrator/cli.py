@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from orchestrator import __version__, apply, plan, secrets, spec, status
 from orchestrator import state as statelib
 from orchestrator.errors import PipelineError
+
+if TYPE_CHECKING:
+    from orchestrator import remote as remote_types
 from orchestrator.scheduler import Scheduler, for_cluster
 from orchestrator.state import RunPaths, Store
 from orchestrator.states import JobState
@@ -34,8 +39,17 @@ def _forward_if_remote(args: argparse.Namespace, loaded: spec.Spec) -> int | Non
 
     if loaded.cluster.remote is None or os.environ.get(remote.FORWARDED_ENV):
         return None
-    target = remote.resolve(loaded.cluster.remote)
+    target = _with_remote_pipeline(args, remote.resolve(loaded.cluster.remote))
     return remote.forward(target, args.forward_argv, remote.referenced_files(Path(args.file)))
+
+
+def _with_remote_pipeline(args: argparse.Namespace, target: remote_types.Target) -> remote_types.Target:
+    """--remote-pipeline, else PIPELINE_REMOTE_PIPELINE, else what the profile (or the default) says: with --host
+    there is no profile to hold remote.pipeline, so the flag or the variable must be able to say it."""
+    from orchestrator import remote
+
+    exe = args.remote_pipeline or os.environ.get(remote.REMOTE_PIPELINE_ENV)
+    return dataclasses.replace(target, pipeline=exe) if exe else target
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -298,6 +312,7 @@ def _forward_global(args: argparse.Namespace) -> int | None:
         if profile.remote is None:
             raise PipelineError(f"cluster profile {args.remote_cluster!r} has no `remote:` section")
         target = remote.resolve(profile.remote)
+    target = _with_remote_pipeline(args, target)
     file = getattr(args, "file", None)
     uploads = remote.referenced_files(Path(file)) if file and args.verb in ("submit", "validate", "render") else None
     return remote.forward(target, args.forward_argv, uploads)
@@ -327,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pipeline {__version__}")
     parser.add_argument("--host", help="run the command on this head node over SSH ([user@]host[:port] or alias)")
     parser.add_argument("--remote-cluster", metavar="NAME", help="run it on the head node of cluster profile NAME")
+    parser.add_argument("--remote-pipeline", metavar="PATH",
+                        help="the pipeline executable on the head node (default: remote.pipeline, then `pipeline`; "
+                             "also PIPELINE_REMOTE_PIPELINE)")
     sub = parser.add_subparsers(dest="verb", required=True)
 
     def verb(name: str, func: Verb, help_text: str) -> argparse.ArgumentParser:

@@ -39,6 +39,8 @@ from orchestrator.errors import PipelineError
 from orchestrator.spec import Remote
 
 FORWARDED_ENV = "PIPELINE_FORWARDED"
+REMOTE_PIPELINE_ENV = "PIPELINE_REMOTE_PIPELINE"  # the head node's pipeline executable, like --remote-pipeline
+_POINT_TO_IT = (f"--remote-pipeline PATH, {REMOTE_PIPELINE_ENV}=PATH, or remote.pipeline in the cluster profile")
 _FOLLOW_FLAGS = frozenset({"-f", "--follow", "--watch", "--wait"})
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _INSTALL_HINT = f"pip install 'pipeline[remote]=={__version__}'"
@@ -333,7 +335,7 @@ def _connect(target: Target) -> Any:
     host, port, user = conn.host, conn.port, conn.user
     where = f"{user}@{host}:{port}" if host == target.host else f"{user}@{target.host} ({host}:{port})"
     known_hosts = _known_hosts(conn.ssh_config)
-    if known_hosts is not None:
+    if known_hosts is not None and known_hosts.is_file():
         try:
             conn.client.load_system_host_keys(str(known_hosts))  # read only: never written back
         except (OSError, paramiko.SSHException) as exc:
@@ -347,14 +349,17 @@ def _connect(target: Target) -> Any:
         except (OSError, paramiko.SSHException) as exc:
             raise UnreachableError(f"ProxyCommand for {target.host} could not start: {_reason(exc)}") from None
         conn.connect_kwargs["sock"] = sock
+    _quiet_paramiko()
+    ssh_cmd = _ssh_command(target, user, host, port)
     try:
         conn.open()
     except paramiko.BadHostKeyException:
         name = host if port == 22 else f"[{host}]:{port}"
         _close(conn, sock)
+        custom = f" -f {shlex.quote(str(known_hosts))}" if known_hosts != DEFAULT_KNOWN_HOSTS else ""
         raise HostKeyError(f"host key of {where} does not match {known_hosts} (the head node was rebuilt, "
                            "or someone is in between)",
-                           f"if it was rebuilt: ssh-keygen -R '{name}', then `ssh` there once to check and "
+                           f"if it was rebuilt: ssh-keygen -R '{name}'{custom}, then `{ssh_cmd}` once to check and "
                            "record the new key") from None
     except paramiko.AuthenticationException:
         _close(conn, sock)
@@ -382,10 +387,17 @@ def _connect(target: Target) -> Any:
         text = _reason(exc)
         if "not found in known_hosts" in text:
             raise HostKeyError(f"host key of {where} is unknown and StrictHostKeyChecking is yes",
-                               f"ssh there once to check and record its key in {known_hosts}") from None
-        hint = "the ProxyCommand failed: run it by hand to see why" if target.proxy_command else \
-            "is this an ssh server? try: ssh -v to see more"
-        raise UnreachableError(f"ssh to {where} failed: {text}", hint) from None
+                               f"run `{ssh_cmd}` once, check the key's fingerprint and answer yes: ssh records it "
+                               f"in {known_hosts}") from None
+        if target.proxy_command:
+            raise UnreachableError(f"ssh to {where} through its ProxyCommand failed: {text}",
+                                   "run the ProxyCommand by hand to see why") from None
+        if "banner" in text.lower():
+            raise UnreachableError(f"{where} accepted the connection but sent no SSH banner (not an SSH server on "
+                                   "that port, or sshd dropped us: MaxStartups, TCP wrappers, a firewall)",
+                                   f"check the port; `{ssh_cmd.replace('ssh ', 'ssh -v ', 1)}` shows more") from None
+        raise UnreachableError(f"ssh to {where} failed: {text}",
+                               f"`{ssh_cmd.replace('ssh ', 'ssh -v ', 1)}` shows more") from None
     except OSError as exc:
         _close(conn, sock)
         raise UnreachableError(f"cannot connect to {where}: {_reason(exc)}",
@@ -393,7 +405,11 @@ def _connect(target: Target) -> Any:
     return conn
 
 
+DEFAULT_KNOWN_HOSTS = Path.home() / ".ssh" / "known_hosts"
+
+
 def _known_hosts(ssh_config: Any) -> Path | None:
+    """The known_hosts file the ssh config names (it may not exist yet); None for /dev/null."""
     configured = ssh_config.get("userknownhostsfile")
     if isinstance(configured, list):
         configured = configured[0] if configured else None
@@ -403,8 +419,31 @@ def _known_hosts(ssh_config: Any) -> Path | None:
             return None
         path = Path(os.path.expanduser(text))
     else:
-        path = Path.home() / ".ssh" / "known_hosts"
-    return path if path.is_file() else None
+        path = DEFAULT_KNOWN_HOSTS
+    return path
+
+
+def _ssh_command(target: Target, user: str, host: str, port: int) -> str:
+    """The plain `ssh` command that reaches the same host with the same config (for hints)."""
+    words = ["ssh"]
+    if target.ssh_config:
+        words += ["-F", target.ssh_config]
+    if target.host != host:  # an alias: ssh resolves it the same way
+        return shlex.join([*words, target.host])
+    if port != 22:
+        words += ["-p", str(port)]
+    return shlex.join([*words, f"{user}@{host}"])
+
+
+def _quiet_paramiko() -> None:
+    """paramiko's transport thread logs a failed handshake with its traceback; with no logging handler set,
+    Python's last-resort handler prints it to stderr before our one-line error. The error itself still reaches us
+    as the exception conn.open() raises."""
+    import logging
+
+    logger = logging.getLogger("paramiko")
+    if not logger.handlers:
+        logger.addHandler(logging.NullHandler())
 
 
 def _close(conn: Any, sock: Any) -> None:
@@ -443,8 +482,9 @@ def _check_version(conn: Any, target: Target, home: str) -> None:
     err = " ".join(result.stderr.split())[:200]
     if result.exited in (126, 127):
         raise RemoteCommandError(f"pipeline not found on {target.host}: install it there ({_INSTALL_HINT}) or set "
-                                 f"remote.pipeline (tried {target.pipeline!r}: {err or 'not found'})",
-                                 "remote.pipeline may be an absolute path, e.g. /fsx/ubuntu/pipeline/.venv/bin/pipeline")
+                                 f"where it is (tried {target.pipeline!r}: {err or 'not found'})",
+                                 f"give its path with {_POINT_TO_IT}, e.g. "
+                                 "--remote-pipeline /fsx/ubuntu/pipeline/.venv/bin/pipeline")
     # The last such line: a chatty remote ~/.bashrc may print before it.
     matches = re.findall(r"^pipeline (\S+)$", out, re.MULTILINE)
     match = matches[-1] if matches else None
@@ -452,8 +492,8 @@ def _check_version(conn: Any, target: Target, home: str) -> None:
         shown = " ".join((out or err).split())[:200]
         raise RemoteCommandError(f"`{target.pipeline} --version` on {target.host} exited {result.exited} and printed "
                                  f"{shown!r}, not 'pipeline X.Y.Z'",
-                                 "is remote.pipeline the pipeline executable? "
-                                 "(it may be an absolute path to its virtualenv's bin/pipeline)")
+                                 f"point to the pipeline executable (its virtualenv's bin/pipeline) with "
+                                 f"{_POINT_TO_IT}")
     if match != __version__:
         raise RemoteCommandError(f"pipeline on {target.host} is version {match}, this one is {__version__}",
                                  f"install the same version on both sides ({_INSTALL_HINT} on the head node, or "

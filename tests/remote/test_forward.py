@@ -32,6 +32,7 @@ from orchestrator.remote import (
     referenced_files,
     remote_command,
 )
+from tests.remote.conftest import PIPELINE as PIPELINE_EXE
 from tests.remote.conftest import REPO, SshServer, free_port
 
 LOCAL_CHAIN = """
@@ -224,7 +225,7 @@ def test_remote_pipeline_missing(sshd: SshServer) -> None:
     with pytest.raises(RemoteCommandError) as info:
         forward(sshd.target(pipeline="/nonexistent/bin/pipeline"), ["--version"])
     assert info.value.message.startswith(f"pipeline not found on {sshd.alias}: install it there (pip install ")
-    assert "or set remote.pipeline" in info.value.message
+    assert "--remote-pipeline PATH, PIPELINE_REMOTE_PIPELINE=PATH, or remote.pipeline" in (info.value.hint or "")
 
 
 def test_version_mismatch(sshd: SshServer, tmp_path: Path) -> None:
@@ -376,3 +377,113 @@ def test_ctrl_c_on_follow_stops_the_remote_command(sshd: SshServer, write_spec: 
     finally:
         forward(target, ["cancel", run_id])
         capfd.readouterr()
+
+
+# ------------------------------------------------------------------------------------------- issue 13, item 10
+
+
+def _one_line_and_hint(exc: BaseException) -> tuple[str, str]:
+    lines = str(exc).splitlines()
+    assert len(lines) == 2 and lines[1].startswith("  hint: "), lines
+    return lines[0], lines[1]
+
+
+def test_peer_without_ssh_banner_is_one_line_no_traceback(sshd: SshServer, tmp_path: Path,
+                                                          capfd: pytest.CaptureFixture[str]) -> None:
+    """A TCP peer that accepts and closes at once (no SSH banner): paramiko's transport thread used to print its
+    traceback (through logging's last-resort handler) before our error."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        config = tmp_path / "cfg"
+        config.write_text("")
+        with pytest.raises(UnreachableError) as info:
+            forward(sshd.target(host="127.0.0.1", port=port, user=sshd.user, ssh_config=str(config)), ["--version"])
+    finally:
+        listener.close()
+    line, hint = _one_line_and_hint(info.value)
+    assert f"{sshd.user}@127.0.0.1:{port} accepted the connection but sent no SSH banner" in line
+    assert f"ssh -v -F {config} -p {port} {sshd.user}@127.0.0.1" in hint
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "paramiko" not in err and "banner" not in err, err
+
+
+def test_strict_checking_hint_names_the_known_hosts_file_that_does_not_exist_yet(sshd: SshServer,
+                                                                                 tmp_path: Path) -> None:
+    known = tmp_path / "not-yet" / "known_hosts"
+    config = sshd.write_ssh_config(tmp_path / "cfg", UserKnownHostsFile=str(known))
+    with pytest.raises(HostKeyError) as info:
+        forward(sshd.target(ssh_config=str(config)), ["--version"])
+    line, hint = _one_line_and_hint(info.value)
+    assert "None" not in hint and str(known) in hint and f"ssh -F {config} {sshd.alias}" in hint
+
+
+def test_changed_host_key_hint_names_a_custom_known_hosts_file(sshd: SshServer, tmp_path: Path) -> None:
+    """ssh-keygen -R edits ~/.ssh/known_hosts unless told -f FILE; the hint must name the file that holds the key."""
+    other = Path(f"{sshd.wrong_key}.pub").read_text().split()[:2]
+    known = tmp_path / "custom_known_hosts"
+    known.write_text(f"[127.0.0.1]:{sshd.port} {' '.join(other)}\n")
+    config = sshd.write_ssh_config(tmp_path / "cfg", UserKnownHostsFile=str(known))
+    with pytest.raises(HostKeyError) as info:
+        forward(sshd.target(ssh_config=str(config)), ["--version"])
+    _, hint = _one_line_and_hint(info.value)
+    assert f"ssh-keygen -R '[127.0.0.1]:{sshd.port}' -f {known}" in hint
+    # the suggested command really removes the stale key from that file
+    subprocess.run(["ssh-keygen", "-R", f"[127.0.0.1]:{sshd.port}", "-f", str(known)], check=True, capture_output=True)
+    assert "127.0.0.1" not in known.read_text()
+
+
+@pytest.fixture
+def agent_with_client_key(sshd: SshServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """An ssh-agent holding the test client key: `--host user@host:port` has no profile to name an identity."""
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists():
+            assert time.monotonic() < deadline, "ssh-agent did not start"
+            time.sleep(0.05)
+        env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
+        subprocess.run(["ssh-add", str(sshd.client_key)], env=env, check=True, capture_output=True, timeout=30)
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+        yield sock
+    finally:
+        agent.terminate()
+        agent.wait(timeout=10)
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_host_flag_can_say_where_the_remote_pipeline_is(sshd: SshServer, agent_with_client_key: Path, how: str,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        capfd: pytest.CaptureFixture[str]) -> None:
+    """With --host there is no cluster profile to hold remote.pipeline: --remote-pipeline PATH or
+    PIPELINE_REMOTE_PIPELINE=PATH says where it is. Without it, the error's hint offers exactly these."""
+    from orchestrator import cli
+
+    monkeypatch.delenv(FORWARDED_ENV, raising=False)
+    monkeypatch.setenv("HOME", str(sshd.dir))  # no ~/.ssh of this machine: unknown host accepted, agent key used
+    host = f"{sshd.user}@127.0.0.1:{sshd.port}"
+    assert cli.main(["--host", host, "list"]) == 1  # `pipeline` is not on the remote PATH of a bare sshd session
+    err = capfd.readouterr().err
+    assert "pipeline not found on 127.0.0.1" in err and "--remote-pipeline PATH" in err and "Traceback" not in err
+    if how == "flag":
+        argv = ["--host", host, "--remote-pipeline", str(PIPELINE_EXE), "list"]
+    else:
+        monkeypatch.setenv("PIPELINE_REMOTE_PIPELINE", str(PIPELINE_EXE))
+        argv = ["--host", host, "list"]
+    assert cli.main(argv) == 0, capfd.readouterr().err
