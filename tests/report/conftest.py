@@ -11,7 +11,9 @@ import pytest
 
 from tests.helpers import latest_run, run_cli, wait_terminal
 
-TRAIN = ("from stages.common import metric; import os, sys; first = not os.path.exists('resumed'); "
+# Sleeps past the records' one-second timestamps, so elapsed time and CPU efficiency are never 0 by rounding.
+TRAIN = ("from stages.common import metric; import os, sys, time; first = not os.path.exists('resumed'); "
+         "time.sleep(1.2); "
          "[metric(step=s, steps=10, loss=3.0 / s, lr=1e-3 * (11 - s) / 10, tokens_per_s=100.0) "
          "for s in (range(1, 6) if first else range(6, 11))]; open('resumed', 'w').close(); sys.exit(3 if first else 0)")
 # The keys stages/evaluate.py writes (tuned/base: loss, perplexity, exact_match; loss_ratio, max_loss_ratio, passed).
