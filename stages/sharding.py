@@ -35,6 +35,11 @@ DCP_DIR = "dcp"  # checkpoint-<N>/dcp/: .metadata + __<rank>_0.distcp; consolida
 def shard(model: Any, qlora: bool = False, device: Any = None, cpu_offload: bool = False) -> Any:
     """FSDP2 for LoRA/full; FSDP1 the accelerate way for a 4-bit (QLoRA) model. Returns the sharded model."""
     layers = _decoder_layers(model)
+    if cpu_offload and (device is None or device.type == "cpu"):
+        # Training on CPU ranks the shards are in host memory already; FSDP2's CPUOffloadPolicy also needs an
+        # accelerator to copy them to ("Cannot access accelerator device when none is available").
+        log("--cpu-offload: no GPU, the shards are in host memory already")
+        cpu_offload = False
     if qlora:
         return _shard_qlora(model, device, cpu_offload, len(layers))
     from torch.distributed.fsdp import CPUOffloadPolicy, fully_shard
@@ -78,12 +83,21 @@ def qlora_config(dtype: Any, sharded: bool) -> Any:
 def _shard_qlora(model: Any, device: Any, cpu_offload: bool, n_layers: int) -> Any:
     import torch
     from accelerate.utils.fsdp_utils import ensure_weights_retied
+    from peft.tuners.tuners_utils import BaseTunerLayer
     from peft.utils.other import fsdp_auto_wrap_policy
     from torch.distributed.fsdp import CPUOffload, MixedPrecision, ShardingStrategy
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
     device = device or torch.device("cpu")
     storage = _uniform_dtype(model)
+    # FSDP's mixed precision (cast_forward_inputs below) gives every unit its inputs in the storage dtype. PEFT
+    # would otherwise cast a LoRA layer's input to its adapter weight's dtype, which under FSDP1 is the fp32 flat
+    # parameter in forward but the gathered bf16 one in a checkpoint recompute ("Recomputed values ... have
+    # different metadata"); PEFT turns that cast off where hooks handle dtypes (peft 0.21 helpers.py
+    # disable_input_dtype_casting), as here, for good.
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.cast_input_dtype_enabled = False
     # Ranks other than local 0 hold meta tensors (RANK0_LOADING_ENV): materialise them empty on the device, keep
     # tied weights tied (accelerate's ensure_weights_retied), and let sync_module_states fill them from rank 0.
     init = ensure_weights_retied(lambda m: m.to_empty(device=device, recurse=False), model, device)
