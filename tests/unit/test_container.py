@@ -111,3 +111,17 @@ def test_containers_need_slurm(write_spec):
                       "stages:\n  - {name: a, kind: command, run: 'true'}\n")
     with pytest.raises(SpecError, match="needs Slurm with pyxis"):
         spec.load(path)
+
+
+def test_the_hf_familys_torchrun_tasks_run_in_the_image_too(tmp_path):
+    """The container flags come from the shared templates (_base.sh.j2, _launch.sh.j2), so every family gets them:
+    the FSDP QLoRA example (seeds 003/004) with its venv inside the image."""
+    data = yaml.safe_load((REPO / "examples" / "llama3-70b-fsdp-qlora-gpu.yaml").read_text())
+    data["container"] = {"image": IMAGE, "mounts": ["/fsx"]}
+    path = tmp_path / "qlora.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    scripts = {s.name: s.script for s in plan.build(spec.load(path)).stages}
+    flags = f"--container-image={IMAGE} --container-mounts=/fsx"
+    assert f"SRUN_FLAGS+=({flags})" in scripts["finetune"] and "exec srun --ntasks=1" not in scripts["finetune"]
+    for name in ("download", "merge", "evaluate"):
+        assert f"exec srun --ntasks=1 --nodes=1 {flags} bash \"$0\" \"$@\"" in scripts[name], name
