@@ -1,6 +1,7 @@
 """torchtune configs for real: `python -m stages tune-config` finishes each rendered config from the files
 present, and torchtune 0.6.1's own `tune validate` (the pinned release, installed by this test) accepts every
-one of them: every `_component_` resolves and its arguments bind. Nothing is trained: that needs GPUs."""
+one of them: every `_component_` resolves and its arguments bind. The recipes themselves run on CPU in
+tests/stages/test_torchtune_recipes.py (with the torchtune installed by the fixture here)."""
 
 from __future__ import annotations
 
