@@ -19,7 +19,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from orchestrator import notify, proc
+from orchestrator import notify, proc, tracking
 from orchestrator import secrets as secretlib
 from orchestrator.errors import PipelineError
 from orchestrator.spec import SecretRef
@@ -91,6 +91,7 @@ def _run_script(paths: RunPaths, plan: dict[str, Any], stage: str, job_id: str, 
                PIPELINE_STAGES_PATH=STAGES_PATH, PIPELINE_PROGRESS_FILE=str(paths.progress(stage)),
                PIPELINE_METRICS_FILE=str(paths.metrics(stage, job_id)),
                PYTHONUNBUFFERED="1")
+    env.update(tracking.job_env(paths))
     # Without `venv:`, `python`/`torchrun` in a stage are those of pipeline's own environment; a stage's
     # `source <venv>/bin/activate` still puts its own env first.
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")

@@ -26,16 +26,25 @@ from orchestrator.state import RunPaths, now_iso
 TIMEOUT_S = 5.0
 
 
-def settings(paths: RunPaths) -> tuple[Notify, SecretRef] | None:
-    """The run's `notify:` (from its spec copy, validated at submit) and the secret holding the URL."""
+def spec_section(paths: RunPaths, key: str) -> Any:
+    """A top-level section of the run's spec copy (validated at submit), or None when absent or unreadable."""
     try:
-        raw = yaml.safe_load(paths.spec_copy.read_text(encoding="utf-8")) or {}
-        if not raw.get("notify"):
-            return None
+        raw = yaml.safe_load(paths.spec_copy.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    return raw.get(key) if isinstance(raw, dict) else None
+
+
+def settings(paths: RunPaths) -> tuple[Notify, SecretRef] | None:
+    """The run's `notify:` and the secret holding the URL."""
+    section = spec_section(paths, "notify")
+    if not section:
+        return None
+    try:
         plan = json.loads(paths.plan.read_text(encoding="utf-8"))
-        config = Notify.model_validate(raw["notify"])
+        config = Notify.model_validate(section)
         return config, SecretRef.model_validate(plan["secrets"][config.webhook])
-    except (OSError, ValueError, KeyError, yaml.YAMLError):
+    except (OSError, ValueError, KeyError):
         return None
 
 

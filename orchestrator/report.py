@@ -73,6 +73,7 @@ class Report:
     evals: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     usage: list[StageUse] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    links: dict[str, str] = field(default_factory=dict)  # stage -> its experiment tracker run (stages/tracking.py)
 
 
 def collect(run_dir: Path) -> Report:
@@ -89,6 +90,7 @@ def collect(run_dir: Path) -> Report:
         for attempt in stage.attempts:
             rep.spans.extend(spans_of(name, attempt, _records(paths, name, attempt.job_id), now))
             rep.curves.extend(curves_of(paths, name, attempt.job_id))
+            rep.links.update(links_of(paths, name, attempt.job_id))
     workdir = Path(plan["workdir"]) if plan.get("workdir") else paths.workdir_default
     rep.evals = evaluations(workdir / "reports")
     rep.usage = resource_table(rep, plan, st.stages, paths)
@@ -132,21 +134,34 @@ def spans_of(stage: str, attempt: Attempt, records: list[dict[str, Any]], now: d
 
 def curves_of(paths: RunPaths, stage: str, job_id: str) -> list[Curve]:
     by_restart: dict[int, list[dict[str, Any]]] = {}
-    try:
-        text = paths.metrics(stage, job_id).read_text(encoding="utf-8")
-    except OSError:
-        return []
-    for line in text.splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue  # a torn last line while the job writes
-        if isinstance(row, dict) and isinstance(row.get("step"), int) and isinstance(row.get("loss"), (int, float)):
+    for row in _lines(paths, stage, job_id):
+        if isinstance(row.get("step"), int) and isinstance(row.get("loss"), (int, float)):
             by_restart.setdefault(int(row.get("restart", 0)), []).append(row)
     short = job_id.rsplit("/", 1)[-1]
     return [Curve(stage, f"{stage} job {short}" + (f" restart {r}" if r else ""), [x["step"] for x in rows],
                   [float(x["loss"]) for x in rows], [x.get("lr") for x in rows])
             for r, rows in sorted(by_restart.items())]
+
+
+def _lines(paths: RunPaths, stage: str, job_id: str) -> list[dict[str, Any]]:
+    try:
+        text = paths.metrics(stage, job_id).read_text(encoding="utf-8")
+    except OSError:
+        return []
+    rows = []
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a torn last line while the job writes
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def links_of(paths: RunPaths, stage: str, job_id: str) -> dict[str, str]:
+    return {stage: str(row["url"]) for row in _lines(paths, stage, job_id)
+            if row.get("event") == "tracking" and isinstance(row.get("url"), str)}
 
 
 def evaluations(folder: Path) -> list[tuple[str, dict[str, Any]]]:
@@ -200,27 +215,34 @@ def _stage_use(name: str, attempts: list[Attempt], acct: dict[str, Usage], res: 
     elapsed = node_h = accel_h = cpu = held = 0.0
     nodes, rss = 0, None
     for attempt in attempts:
-        used = acct.get(attempt.job_id)
-        records = _records(paths, name, attempt.job_id)
-        if used is not None:
-            secs, n = float(used.elapsed_s), max(1, used.nodes)
-            cpu, held = cpu + used.total_cpu_s, held + used.cpu_time_s
-            rss = max(rss or 0, used.max_rss_bytes) if used.max_rss_bytes is not None else rss
-            per_node = _accel_per_node(res, used.alloc_tres, n, cluster)
-        else:
-            secs = sum(_duration(r) for r in records)
-            n = int(res.get("nodes") or 1)
-            cpu += sum(float(r.get("cpu_s", 0.0)) for r in records)
-            held += secs * (os.cpu_count() or 1) if cluster.get("scheduler") == "local" else 0.0
-            kib = [int(r["max_rss_kib"]) for r in records if isinstance(r.get("max_rss_kib"), int)]
-            rss = max([rss or 0, *(k * 1024 for k in kib)]) if kib else rss
-            per_node = _accel_per_node(res, {}, n, cluster)
-        elapsed += secs
+        secs, n, per_node, used_cpu, held_cpu, max_rss = _attempt_use(
+            acct.get(attempt.job_id), _records(paths, name, attempt.job_id), res, cluster)
+        elapsed, cpu, held = elapsed + secs, cpu + used_cpu, held + held_cpu
         nodes = max(nodes, n)
         node_h += secs * n / 3600
         accel_h += secs * n * per_node / 3600
+        rss = max(rss or 0, max_rss) if max_rss is not None else rss
     return StageUse(name, len(attempts), elapsed, nodes, node_h, accel_h, cpu / held if held else None, rss,
                     node_h * price if price is not None else None)
+
+
+def _attempt_use(used: Usage | None, records: list[dict[str, Any]], res: dict[str, Any],
+                 cluster: dict[str, Any]) -> tuple[float, int, float, float, float, int | None]:
+    """(seconds, nodes, accelerators per node, CPU seconds used, CPU seconds held, max RSS) of one attempt:
+    sacct's numbers where it has them; else the job wrapper's records (its getrusage covers the processes of
+    the batch step's node, so on several nodes CPU and RSS there are the first node's)."""
+    secs = float(used.elapsed_s) if used else sum(_duration(r) for r in records)
+    n = max(1, used.nodes) if used else int(res.get("nodes") or 1)
+    per_node = _accel_per_node(res, used.alloc_tres if used else {}, n, cluster)
+    if used and used.total_cpu_s and used.cpu_time_s:
+        cpu, held = used.total_cpu_s, float(used.cpu_time_s)
+    else:
+        cpu = sum(float(r.get("cpu_s", 0.0)) for r in records)
+        cpus = int(used.alloc_tres.get("cpu", "0") or 0) if used else 0
+        held = secs * (cpus or (os.cpu_count() or 1 if cluster.get("scheduler") == "local" else 0))
+    kib = [int(r["max_rss_kib"]) for r in records if isinstance(r.get("max_rss_kib"), int)]
+    rss = used.max_rss_bytes if used and used.max_rss_bytes else (max(kib) * 1024 if kib else None)
+    return secs, n, per_node, cpu, held, rss
 
 
 def _duration(record: dict[str, Any]) -> float:
@@ -248,6 +270,8 @@ def to_html(rep: Report, svg: str) -> str:
     e = html.escape
     states = " ".join(f'<span class="st {e(v)}">{e(k)}: {e(v)}</span>' for k, v in rep.states.items())
     notes = "".join(f"<p class=note>{e(n)}</p>" for n in rep.notes)
+    notes += "".join(f'<p>{e(stage)} in the experiment tracker: <a href="{e(url)}">{e(url)}</a></p>'
+                     for stage, url in rep.links.items())
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>pipeline report {e(rep.run_id)}</title>
 <style>{CSS}</style></head><body>

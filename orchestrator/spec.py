@@ -210,6 +210,20 @@ class Notify(Strict):
     events: list[NotifyEvent] = Field(default_factory=lambda: list(get_args(NotifyEvent)))
 
 
+class Tracking(Strict):
+    """Experiment tracking from the stage programs (stages/tracking.py): MLflow runs named <run id>/<stage>."""
+
+    backend: Literal["mlflow", "off"] = "off"
+    uri: Word | None = Field(None, description="MLflow tracking server, e.g. http://mlflow.internal:5000")
+    experiment: Word | None = Field(None, description="MLflow experiment; default: the pipeline's name")
+
+    @model_validator(mode="after")
+    def _uri_for_mlflow(self) -> Tracking:
+        if self.backend == "mlflow" and not self.uri:
+            raise ValueError("tracking: mlflow needs `uri:`, the tracking server every compute node can reach")
+        return self
+
+
 class Pipeline(Strict):
     name: Name
     cluster: Name | ClusterProfile = "local"
@@ -222,6 +236,7 @@ class Pipeline(Strict):
     container: Container | None = Field(None, description="run every stage's tasks in this container (pyxis)")
     stages: Annotated[list[Stage], Field(min_length=1)]
     notify: Notify | None = Field(None, description="webhook messages when the run ends, a stage fails or requeues")
+    tracking: Tracking = Field(default_factory=Tracking, description="experiment tracking (off by default)")
 
     @field_validator("notify")
     @classmethod

@@ -27,11 +27,15 @@ def entry(func: Callable[[list[str] | None], int]) -> Callable[[list[str] | None
 
     @functools.wraps(func)
     def wrapper(argv: list[str] | None = None) -> int:
+        from stages import tracking
+
         try:
-            return func(argv)
+            rc = func(argv)
         except StageError as exc:
             print(f"error: {exc}" + (f"\n  hint: {exc.hint}" if exc.hint else ""), file=sys.stderr, flush=True)
-            return 2
+            rc = 2
+        tracking.end(rc == 0)  # the MLflow run (if any) ends FINISHED or FAILED with the program
+        return rc
 
     return wrapper
 
@@ -50,7 +54,16 @@ METRICS_MAX_BYTES = 4 << 20  # ~30k step lines: a week at one line a second is t
 def metric(**fields: Any) -> None:
     """Append one logged step (step, loss, lr, grad_norm, tokens_per_s, or eval numbers) to this attempt's
     metrics history, read by `pipeline report` (rank 0 only; no-op outside a pipeline job). Each line carries
-    the job id, the restart count and the time, so requeues and resumes of one stage form one curve."""
+    the job id, the restart count and the time, so requeues and resumes of one stage form one curve. With
+    `tracking:` in the spec, the same numbers go to the experiment tracker (stages/tracking.py)."""
+    from stages import tracking
+
+    note(**fields)
+    tracking.metrics(fields["step"] if isinstance(fields.get("step"), int) else None, fields)
+
+
+def note(**fields: Any) -> None:
+    """One line of the metrics history, for the report only (e.g. where the tracker keeps this run)."""
     target = os.environ.get("PIPELINE_METRICS_FILE")
     if target and int(os.environ.get("RANK", "0")) == 0:
         line = {"job_id": os.environ.get("PIPELINE_JOB_ID"),

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from stages import data as datalib
+from stages import tracking
 from stages.common import StageError, dtype_kwargs, entry, log, metric, require_model_dir, write_json
 
 WORSE_RC = 3
@@ -280,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     if harness is not None:
         report["lm_eval"] = run_lm_eval(harness, args.model, args.adapter, args)
     write_json(args.report, report)
+    tracking.artifact(args.report, "reports")
     metric(event="evaluate", tuned=report["tuned"], base=report.get("base"), loss_ratio=report.get("loss_ratio"),
            passed=report.get("passed"))
     if verdict:

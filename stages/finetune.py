@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from stages import data as datalib
-from stages import sharding
+from stages import sharding, tracking
 from stages.common import (StageError, dtype_kwargs, entry, log, metric, newest_checkpoint, progress,
                            require_model_dir, write_json)
 
@@ -311,6 +311,7 @@ def train(args: argparse.Namespace) -> int:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * max(0.0, (steps - s) / max(1, steps - warmup)))
     step = resume(args.output, model, optimizer, scheduler, args)
+    tracking.params(vars(args))
     metrics = open(args.output / "metrics.jsonl", "a") if dist.rank == 0 else None
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGUSR2, _on_signal)
@@ -350,6 +351,7 @@ def train(args: argparse.Namespace) -> int:
         if _stop_requested:
             return INTERRUPTED_RC
     save_final(args.output, model, tokenizer, step, args, dist)
+    tracking.artifact(args.output / "final", "final")  # the adapter (or full model) and its train_state.json
     dist.barrier()
     return 0
 

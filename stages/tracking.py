@@ -1,0 +1,112 @@
+"""Experiment tracking from inside the stage programs: MLflow when the job wrapper set PIPELINE_TRACKING=mlflow
+(the spec's `tracking:`), with MLflow's own MLFLOW_TRACKING_URI / MLFLOW_EXPERIMENT_NAME variables.
+
+One MLflow run per stage of a pipeline run, named `<run id>/<stage>` and tagged with the job id, SLURM_JOB_ID,
+restart and variant; a requeued or resumed attempt reopens that MLflow run, so its curve continues. Rank 0 only.
+Tracking is advisory: any MLflow error is one warning line and the stage goes on (the client calls used:
+mlflow 3.17 mlflow/tracking/fluent.py set_experiment, search_runs, start_run, log_params, log_metrics,
+log_artifacts, end_run).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+_run: Any = None
+_broken = False
+
+
+def enabled() -> bool:
+    return (os.environ.get("PIPELINE_TRACKING") == "mlflow" and not _broken
+            and int(os.environ.get("RANK", "0")) == 0)
+
+
+def _guard(func: Callable[..., None]) -> Callable[..., None]:
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        global _broken
+        if not enabled():
+            return
+        try:
+            func(*args, **kwargs)
+        except Exception as exc:  # the tracker is never a reason to fail a training run
+            _broken = True
+            print(f"warning: tracking off for this job: MLflow said {type(exc).__name__}: {exc}", file=sys.stderr,
+                  flush=True)
+
+    return wrapper
+
+
+def _mlflow() -> Any:
+    """The active MLflow run's module, starting or reopening `<run id>/<stage>` on first use."""
+    global _run
+    import mlflow
+
+    if _run is not None:
+        return mlflow
+    run_id = Path(os.environ.get("PIPELINE_RUN_DIR", "run")).name
+    stage = os.environ.get("PIPELINE_STAGE", "stage")
+    name = f"{run_id}/{stage}"
+    experiment = mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or run_id.rsplit("-", 3)[0])
+    found = mlflow.search_runs(experiment_ids=[experiment.experiment_id], output_format="list",
+                               filter_string=f"tags.`mlflow.runName` = '{name}'")
+    _run = mlflow.start_run(run_id=found[0].info.run_id) if found else mlflow.start_run(run_name=name)
+    mlflow.set_tags({"pipeline.run": run_id, "pipeline.stage": stage,
+                     "pipeline.job_id": os.environ.get("PIPELINE_JOB_ID", ""),
+                     "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),
+                     "pipeline.restart": os.environ.get("SLURM_RESTART_COUNT", "0") or "0",
+                     "pipeline.variant": os.environ.get("PIPELINE_VARIANT", "")})
+    from stages.common import note
+
+    note(event="tracking", backend="mlflow", experiment_id=experiment.experiment_id, run_id=_run.info.run_id,
+         url=f"{mlflow.get_tracking_uri().rstrip('/')}/#/experiments/{experiment.experiment_id}/runs/"
+             f"{_run.info.run_id}")
+    return mlflow
+
+
+@_guard
+def params(values: dict[str, Any]) -> None:
+    """Hyper-parameters (MLflow keeps params immutable: a resumed attempt logs only the ones not logged yet)."""
+    mlflow = _mlflow()
+    known = mlflow.get_run(_run.info.run_id).data.params
+    fresh = {k: str(v)[:500] for k, v in values.items() if k not in known and v is not None}
+    if fresh:
+        mlflow.log_params(fresh)
+
+
+@_guard
+def metrics(step: int | None, values: dict[str, Any]) -> None:
+    numbers = {k: float(v) for k, v in flatten(values).items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step", "steps", "time")}
+    if numbers:
+        _mlflow().log_metrics(numbers, step=step)
+
+
+@_guard
+def artifact(path: Path, name: str) -> None:
+    mlflow = _mlflow()
+    if path.is_dir():
+        mlflow.log_artifacts(str(path), artifact_path=name)
+    elif path.is_file():
+        mlflow.log_artifact(str(path), artifact_path=name)
+
+
+@_guard
+def end(ok: bool) -> None:
+    global _run
+    if _run is not None:
+        _mlflow().end_run(status="FINISHED" if ok else "FAILED")
+        _run = None
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
