@@ -38,7 +38,7 @@ def with_params(write_spec: Callable[[str, str], Path], params: str) -> Path:
 def test_default_evaluate_script_has_no_lm_eval():
     script = evaluate_script(EXAMPLE)
     assert "lm-eval" not in script and "lm_eval" not in script
-    assert '  --max-loss-ratio 0.95 --dtype fp32 \\\n  --report "$WORKDIR/reports/evaluate.json"\n' in script
+    assert '  --max-loss-ratio 0.95 \\\n  --dtype fp32 \\\n  --report "$WORKDIR/reports/evaluate.json"\n' in script
     argv = evaluate_argv(script)
     assert argv[-2:] == ["--report", "$WORKDIR/reports/evaluate.json"]
 
