@@ -178,6 +178,9 @@ def _table(view: status.RunView) -> str:
             note = f"{note}; reached {done}" if note else done
         if stage.state.terminal and not stage.state.ok and stage.state is not JobState.CANCELLED:
             note = (note + f"; see: pipeline logs {st.run_id} {name}").lstrip("; ")
+        restarted = status.restart_note(cur)
+        if restarted:
+            note = f"{restarted}; {note}".rstrip("; ")
         if len(stage.attempts) > 1:
             note = f"attempt {len(stage.attempts)}; {note}".rstrip("; ")
         exit_code = "" if cur.exit_code is None else str(cur.exit_code)

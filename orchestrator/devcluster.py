@@ -200,8 +200,11 @@ def _write_configs(paths: dict[str, Path], nodes: list[str], cpus: int, ports: d
     dbd_conf.chmod(0o600)  # slurmdbd refuses a world-readable file that holds the DB password
     node_lines = "".join(f"NodeName={n} NodeHostname={host} NodeAddr=127.0.0.1 Port={ports[n]} CPUs={cpus} "
                          "RealMemory=2000 State=UNKNOWN\n" for n in nodes)
+    # cred_expire (slurm.conf(5) AuthInfo) is also how long a requeued job waits before it may start again
+    # (default 120 s): 30 s keeps node-loss drills short and still outlasts a step launch on 2 busy cores.
+    ctld_auth = auth.replace(f"socket={munge_sock}", f"socket={munge_sock},cred_expire=30")
     conf = (
-        f"ClusterName={CLUSTER}\nSlurmctldHost={host}(127.0.0.1)\nSlurmctldPort={ports['ctld']}\n{auth}"
+        f"ClusterName={CLUSTER}\nSlurmctldHost={host}(127.0.0.1)\nSlurmctldPort={ports['ctld']}\n{ctld_auth}"
         "CredType=cred/munge\nSlurmUser=root\nSlurmdUser=root\nMpiDefault=none\n"
         # No systemd/cgroup delegation inside containers: track processes by parentage, bind nothing.
         "ProctrackType=proctrack/linuxproc\nTaskPlugin=task/none\nJobAcctGatherType=jobacct_gather/none\n"

@@ -49,6 +49,7 @@ class Attempt(BaseModel):
     nodes: str | None = None
     reason: str | None = None
     restarts: int = 0
+    history: list[str] = Field(default_factory=list)  # why and when each restart happened (requeues), oldest first
 
 
 class StageState(BaseModel):

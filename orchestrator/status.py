@@ -122,7 +122,8 @@ def _merge(attempt: Attempt, info: JobInfo | None, record: dict[str, Any] | None
         new.exit_code = _exit_code(info, record, new.exit_code)
         new.nodes = info.nodes or new.nodes
         new.start, new.end = info.start or new.start, info.end or new.end
-        new.restarts = max(info.restarts, new.restarts)
+        new.restarts = max(info.restarts, new.restarts, int(record.get("restarts", 0)) if record else 0)
+        new.history = list(info.history) or new.history
         if record and info.state.terminal and record.get("reason") and not info.state.ok:
             new.reason = record["reason"]  # "declared outputs missing: ..." beats a bare FAILED
         if info.state is JobState.TIMEOUT:
@@ -144,7 +145,16 @@ def _merge(attempt: Attempt, info: JobInfo | None, record: dict[str, Any] | None
             else "started but left no end record and the scheduler forgot it")
     if record is not None:
         new.start, new.nodes = record.get("start") or new.start, record.get("nodes") or record.get("host")
+        new.restarts = max(new.restarts, int(record.get("restarts", 0)))
     return new
+
+
+def restart_note(attempt: Attempt) -> str:
+    """'restart 1 (NODE_FAIL at 09:12:03 on dev2)': how often Slurm ran this job again, and why and when."""
+    if not attempt.restarts:
+        return ""
+    why = "; ".join(attempt.history[-3:])
+    return f"restart {attempt.restarts}" + (f" ({why})" if why else "")
 
 
 def _exit_code(info: JobInfo, record: dict[str, Any] | None, before: int | None) -> int | None:
@@ -191,8 +201,8 @@ def _explain_cancel(state: RunState, name: str) -> None:
 
 def _reason(info: JobInfo) -> str | None:
     """Slurm keeps a job's last pending reason after it ends; show it only where it still explains something."""
-    if info.state.ok:
-        return None
+    if info.state.ok or info.state is JobState.RUNNING:
+        return None  # a running job's Reason is the last pending one (e.g. BeginTime): stale, not news
     if info.state is JobState.CANCELLED and info.reason in ("Dependency", "DependencyNeverSatisfied"):
         return DEPENDENCY_FAILED
     if info.state is JobState.PENDING and info.reason == "Dependency":

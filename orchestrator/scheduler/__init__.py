@@ -32,6 +32,7 @@ class JobInfo:
     end: str | None = None
     reason: str | None = None
     restarts: int = 0
+    history: tuple[str, ...] = ()  # earlier runs of a requeued job: "NODE_FAIL at <end> on <node>", oldest first
     extra: dict[str, str] = field(default_factory=dict)
 
 

@@ -8,6 +8,7 @@ parent ends before its child is registered (easybuild-framework PR #751).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import sys
@@ -161,11 +162,13 @@ class SlurmScheduler:
                 # Ask the controller about jobs slurmdbd does not know yet (it learns of them a moment later)
                 # and about NODE_FAIL/PREEMPTED ones: with --requeue such a job is back in the queue, pending
                 # with a BeginTime, while accounting still shows the failed run.
-                recheck = [j for j in job_ids if j not in found or found[j].state in REQUEUABLE]
+                recheck = [j for j in job_ids if j not in found or found[j].state in REQUEUABLE
+                           or found[j].extra.get("raw_state", "").startswith("REQUEUE")]
                 if not recheck:
                     return found
                 live = self._squeue(recheck)
-                return {**found, **{j: info for j, info in live.items() if not info.state.terminal or j not in found}}
+                return {**found, **{j: _requeued(found.get(j), info) for j, info in live.items()
+                                    if not info.state.terminal or j not in found}}
             if self.cluster.accounting == "on":
                 raise AccountingUnavailable(self._squeue(job_ids), "accounting storage is disabled in slurm.conf "
                                             "although the cluster profile says accounting: on")
@@ -176,7 +179,7 @@ class SlurmScheduler:
         # window (snakemake#1227).
         self.query_calls += 1
         try:
-            out = proc.run(["sacct", "-X", "-n", "-P", "-o", SACCT_FIELDS, "-j", ",".join(job_ids)],
+            out = proc.run(["sacct", "-X", "-D", "-n", "-P", "-o", SACCT_FIELDS, "-j", ",".join(job_ids)],
                            timeout=QUERY_TIMEOUT_S)
         except CommandError as exc:
             if "accounting storage is disabled" in (exc.stderr + exc.stdout).lower():
@@ -230,6 +233,8 @@ def _executor(folder: Path, python: str, stage: str) -> Any:
 
 
 def parse_sacct(text: str) -> dict[str, JobInfo]:
+    """Rows of `sacct -X -D`: with -D (--duplicates) a requeued job has one row per run, oldest first (sacct(1));
+    the last is the current run, the earlier ones are its restarts: state, end time and node of each."""
     result: dict[str, JobInfo] = {}
     for line in text.splitlines():
         parts = line.split("|")
@@ -237,13 +242,32 @@ def parse_sacct(text: str) -> dict[str, JobInfo]:
             continue
         job_id, state, exit_code, nodes, start, end, reason = parts[:7]
         code, _, sig = exit_code.partition(":")
+        earlier = result.get(job_id)
+        history = earlier.history + (_run_summary(earlier),) if earlier is not None else ()
         result[job_id] = JobInfo(
             state=from_slurm(state),
             exit_code=_exit(code, sig),
             nodes=None if nodes in ("", "None assigned") else nodes,
             start=_time(start), end=_time(end), reason=None if reason in ("", "None") else reason,
+            restarts=len(history), history=history, extra={"raw_state": state},
         )
     return result
+
+
+def _requeued(accounted: JobInfo | None, live: JobInfo) -> JobInfo:
+    """The controller's view of a job accounting last saw end (NODE_FAIL, PREEMPTED, REQUEUED): it is queued again,
+    so the run accounting shows is one more restart, not the job's end."""
+    if accounted is None or not accounted.state.terminal and not accounted.extra.get("raw_state", "").startswith(
+            "REQUEUE"):
+        return live
+    history = accounted.history + (_run_summary(accounted),)
+    return dataclasses.replace(live, restarts=len(history), history=history)
+
+
+def _run_summary(info: JobInfo) -> str:
+    """One earlier run of a requeued job, e.g. 'NODE_FAIL at 2026-12-01T09:12:03 on dev2'."""
+    raw = info.extra.get("raw_state", info.state.value).split(" ")[0].rstrip("+")
+    return f"{raw} at {info.end or '?'}" + (f" on {info.nodes}" if info.nodes else "")
 
 
 def parse_squeue(text: str) -> dict[str, JobInfo]:

@@ -49,3 +49,24 @@ def test_parse_squeue_rows():
     rows = parse_squeue("201|PENDING|Dependency||N/A\n202|RUNNING|None|dev3|2026-11-22T10:00:00\n")
     assert rows["201"].state is JobState.PENDING and rows["201"].reason == "Dependency"
     assert rows["202"].nodes == "dev3" and rows["202"].reason is None
+
+
+def test_parse_sacct_duplicates_are_restarts():
+    """`sacct -D`: a job requeued after NODE_FAIL has one row per run, oldest first; the last row is the job now,
+    the earlier ones are its restarts (why, when, where) — issue 13 item 5."""
+    text = ("301|NODE_FAIL|0:0|dev2|2026-12-01T09:10:00|2026-12-01T09:12:03|None\n"
+            "301|RUNNING|0:0|dev3|2026-12-01T09:12:40|Unknown|BeginTime\n")
+    row = parse_sacct(text)["301"]
+    assert row.state is JobState.RUNNING and row.restarts == 1 and row.nodes == "dev3"
+    assert row.history == ("NODE_FAIL at 2026-12-01T09:12:03 on dev2",)
+
+
+def test_running_job_never_shows_its_stale_pending_reason():
+    from orchestrator.scheduler import JobInfo
+    from orchestrator.state import Attempt
+    from orchestrator.status import _merge, restart_note
+
+    merged = _merge(Attempt(job_id="301"), JobInfo(JobState.RUNNING, reason="BeginTime", restarts=1,
+                                                   history=("NODE_FAIL at 09:12:03 on dev2",)), None)
+    assert merged.reason is None and merged.exit_code is None
+    assert restart_note(merged) == "restart 1 (NODE_FAIL at 09:12:03 on dev2)"
