@@ -250,7 +250,11 @@ STAGING_MAX_AGE_S = 86400.0
 
 def staging_dir(root: Path, run_id: str) -> Path:
     """Where a new run directory is assembled before it is renamed into place (and becomes visible)."""
-    return root / f".{run_id}.{socket.gethostname()}.{os.getpid()}{STAGING_SUFFIX}"
+    return root / f".{run_id}.{_short_host()}.{os.getpid()}{STAGING_SUFFIX}"
+
+
+def _short_host() -> str:
+    return socket.gethostname().split(".")[0] or "host"  # no dots: the staging name is split on them
 
 
 def sweep_abandoned(root: Path) -> list[Path]:
@@ -263,7 +267,7 @@ def sweep_abandoned(root: Path) -> list[Path]:
             age = time.time() - entry.stat().st_mtime
         except FileNotFoundError:
             continue
-        mine_and_dead = host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid))
+        mine_and_dead = host == _short_host() and pid.isdigit() and not _pid_alive(int(pid))
         if mine_and_dead or age > STAGING_MAX_AGE_S:
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry)

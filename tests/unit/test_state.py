@@ -55,3 +55,23 @@ def test_failed_update_block_writes_nothing(tmp_path):
         state.stages["s"].attempts.append(Attempt(job_id="x"))
         raise RuntimeError("boom")
     assert store.read().stages["s"].attempts == []
+
+
+def test_sweep_removes_only_dead_local_staging_folders(tmp_path):
+    """A killed submit's half-built run folder (nothing was submitted from it) is removed by the next submit;
+    a live process's is kept, and so is an old-enough-to-matter one of another host until it is a day old."""
+    import os
+    import subprocess
+
+    from orchestrator import state
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    mine_dead = tmp_path / state.staging_dir(tmp_path, "p-1").name.replace(f".{os.getpid()}.", f".{dead.pid}.")
+    mine_alive = state.staging_dir(tmp_path, "p-2")
+    other_host = tmp_path / f".p-3.otherhost.{dead.pid}.creating"
+    for folder in (mine_dead, mine_alive, other_host):
+        folder.mkdir()
+        (folder / ".state.json.123.tmp").write_text("{")
+    removed = state.sweep_abandoned(tmp_path)
+    assert removed == [mine_dead] and mine_alive.exists() and other_host.exists()
