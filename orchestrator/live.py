@@ -33,8 +33,8 @@ class Screen:
                 self.last = table
             return
         width = shutil.get_terminal_size((120, 24)).columns
-        lines = [*table.splitlines(), *bars(view), f"  updated {time.strftime('%H:%M:%S')}  (Ctrl-C leaves; the run "
-                                                   "goes on)"]
+        stamp = f"  updated {time.strftime('%H:%M:%S')}  (Ctrl-C leaves; the run goes on)"
+        lines = [*table.splitlines(), *bars(view), stamp]
         frame = "".join(line[:width - 1] + "\n" for line in lines)  # no wrapping: the line count stays exact
         back = f"\x1b[{self.drawn}F\x1b[J" if self.drawn else ""
         self.stream.write(back + frame)
@@ -58,5 +58,5 @@ def progress_bar(data: dict[str, Any] | None) -> str:
         return ""
     steps = max(1, data["steps"])
     done = min(1.0, max(0.0, data["step"] / steps))
-    filled = int(round(done * BAR_WIDTH))
+    filled = round(done * BAR_WIDTH)
     return f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {done:4.0%}  {status.progress_note(data)}"

@@ -160,8 +160,9 @@ def _lines(paths: RunPaths, stage: str, job_id: str) -> list[dict[str, Any]]:
 
 
 def links_of(paths: RunPaths, stage: str, job_id: str) -> dict[str, str]:
-    return {stage: str(row["url"]) for row in _lines(paths, stage, job_id)
-            if row.get("event") == "tracking" and isinstance(row.get("url"), str)}
+    urls = [str(row["url"]) for row in _lines(paths, stage, job_id)
+            if row.get("event") == "tracking" and isinstance(row.get("url"), str)]
+    return {stage: urls[-1]} if urls else {}
 
 
 def evaluations(folder: Path) -> list[tuple[str, dict[str, Any]]]:

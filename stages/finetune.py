@@ -327,7 +327,7 @@ def train(args: argparse.Namespace) -> int:
             loss.backward()
             loss_sum += float(loss.item())
             tokens += int(batch["attention_mask"].sum())
-        sharding.clip_grad_norm(model, params, 1.0)
+        grad_norm = sharding.clip_grad_norm(model, params, 1.0)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -340,7 +340,7 @@ def train(args: argparse.Namespace) -> int:
                                       "tokens_per_s": round(rate, 1)}) + "\n")
             metrics.flush()
             metric(step=step, steps=steps, loss=round(loss_mean, 5), lr=scheduler.get_last_lr()[0],
-                   tokens_per_s=round(rate, 1))
+                   grad_norm=grad_norm, tokens_per_s=round(rate, 1))
         if step % 10 == 0 or step == 1:
             log(f"step {step}/{steps} loss {loss_mean:.4f} tokens/s {rate:.0f}")
         if time.monotonic() >= next_progress or step == steps:  # at most every 5 s: run dirs live on FSx

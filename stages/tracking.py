@@ -32,7 +32,7 @@ def _guard(func: Callable[..., None]) -> Callable[..., None]:
             return
         try:
             func(*args, **kwargs)
-        except Exception as exc:  # the tracker is never a reason to fail a training run
+        except Exception as exc:  # noqa: BLE001 (the tracker is never a reason to fail a training run)
             _broken = True
             print(f"warning: tracking off for this job: MLflow said {type(exc).__name__}: {exc}", file=sys.stderr,
                   flush=True)

@@ -9,6 +9,7 @@ import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -18,10 +19,10 @@ from tests.helpers import latest_run, run_cli, wait_terminal
 
 
 class Hook(BaseHTTPRequestHandler):
-    received: list[dict[str, str]] = []
+    received: ClassVar[list[dict[str, str]]] = []
     status = 200
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         type(self).received.append({"path": self.path, "type": self.headers["Content-Type"], **json.loads(body)})
         self.send_response(type(self).status)
@@ -76,7 +77,7 @@ def test_failing_stage_posts_failure_then_run_end(write_spec, tmp_path, hook):
 
 
 def test_a_dead_webhook_never_fails_the_stage(write_spec, tmp_path, hook):
-    server, url = hook
+    _, url = hook
     Hook.status = 500
     path = write_spec(f"""
         name: quiet
@@ -112,8 +113,8 @@ def test_requeued_restart_is_announced_and_unreachable_hosts_time_out_quietly(tm
     Hook.received.clear()
     log = tmp_path / "a.log"
     notify.stage_started(RunPaths(run_dir), "a", "41", 2, "node-7", log)
-    assert [m["text"] for m in Hook.received] == [f"{run_dir.name}: stage a (job 41) requeued, restart 2 now "
-                                                  "running on node-7"]
+    expected = f"{run_dir.name}: stage a (job 41) requeued, restart 2 now running on node-7"
+    assert [m["text"] for m in Hook.received] == [expected]
     assert notify.post("http://127.0.0.1:9/", "x", timeout=1.0).startswith("URLError")  # discard port: refused
 
 

@@ -3,6 +3,7 @@ table come from what the run directory holds; the page is self-contained (no net
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -44,7 +45,8 @@ def test_missing_matplotlib_says_how_to_install(two_attempt_run):
     """The orchestrator runs without the report extra: the verb says what to install instead of a traceback."""
     code = ("import sys; sys.modules['matplotlib'] = None; from orchestrator import cli; "
             f"sys.exit(cli.main(['report', {str(two_attempt_run)!r}]))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                          check=False)
     assert done.returncode == 1
     assert "needs matplotlib" in done.stderr and "pip install -e '.[report]'" in done.stderr
 
@@ -61,3 +63,15 @@ def test_sacct_usage_is_parsed_per_job_with_the_largest_step_rss():
     assert found["41"].total_cpu_s == 900.5 and found["41"].cpu_time_s == 1920
     assert found["41"].max_rss_bytes == int(1.5 * 1024 ** 3)
     assert found["42"].total_cpu_s == 86401 and found["42"].max_rss_bytes is None
+
+
+def test_several_evaluate_reports_one_row_each_and_the_best_marked(tmp_path):
+    """A sweep's variants each write their own reports/<name>.json (stages/evaluate.py's layout)."""
+    for name, loss in (("evaluate-r8", 1.4), ("evaluate-r16", 1.1), ("evaluate-r32", 1.3)):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"tuned": {"loss": loss}, "base": {"loss": 2.0},
+                                                           "loss_ratio": loss / 2, "passed": True}))
+    (tmp_path / "inference.json").write_text(json.dumps({"answers": []}))  # not an evaluation: left out
+    found = report.evaluations(tmp_path)
+    assert [name for name, _ in found] == ["evaluate-r16", "evaluate-r32", "evaluate-r8"]
+    rows = report.eval_table(found).split("<tr")[2:]
+    assert [("(best)" in row) for row in rows] == [True, False, False]

@@ -5,12 +5,13 @@ the report as artifacts; the pipeline report links to them."""
 
 from __future__ import annotations
 
+import json
 import sys
 
 import pytest
 
 from orchestrator import report
-from orchestrator.state import Store
+from orchestrator.state import RunPaths, Store
 from tests.helpers import latest_run, run_cli, wait_terminal
 from tests.report.mlflow_env import client_site, mlflow_server  # noqa: F401 (fixture)
 from tests.stages.conftest import DATA, tiny  # noqa: F401 (fixture)
@@ -58,6 +59,7 @@ def test_finetune_and_evaluate_log_to_a_real_mlflow_server(write_spec, tiny, mlf
         assert train.data.params["lr"] == "0.01" and train.data.params["max_steps"] == "6"
         loss = client.get_metric_history(train.info.run_id, "loss")
         assert [m.step for m in loss] == [1, 2, 3, 4, 5, 6]
+        assert len(client.get_metric_history(train.info.run_id, "grad_norm")) == 6
         files = {f.path for f in client.list_artifacts(train.info.run_id, "final")}
         assert "final/adapter_model.safetensors" in files and "final/train_state.json" in files
         evaluated = runs[f"{run_dir.name}/evaluate"]
@@ -65,5 +67,10 @@ def test_finetune_and_evaluate_log_to_a_real_mlflow_server(write_spec, tiny, mlf
         assert {f.path for f in client.list_artifacts(evaluated.info.run_id, "reports")} == {"reports/evaluate.json"}
     finally:
         sys.path.remove(str(site))
+    history = [json.loads(x) for x in RunPaths(run_dir).metrics("train", job).read_text().splitlines()]
+    steps = [x for x in history if "step" in x]
+    assert [x["step"] for x in steps] == [1, 2, 3, 4, 5, 6] and all(x["grad_norm"] > 0 for x in steps)
+    assert all(x["job_id"] == job and x["tokens_per_s"] > 0 for x in steps)
+    assert steps[0]["lr"] > steps[-1]["lr"] >= 0  # the schedule decays to 0 at the last step
     links = report.collect(run_dir).links
     assert links["train"] == f"{mlflow_server}/#/experiments/{experiment.experiment_id}/runs/{train.info.run_id}"
