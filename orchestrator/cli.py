@@ -171,8 +171,8 @@ def _table(view: status.RunView) -> str:
             lines.append(f"  {name:<16} {stage.state.value:<14}")
             continue
         note = cur.reason or ""
-        if stage.state is JobState.PENDING and not note:
-            note = "waiting"
+        if stage.state is JobState.PENDING and not note:  # Slurm gives no reason between scheduling passes
+            note = "requeued; waiting to run again" if cur.restarts else "waiting"
         done = status.progress_note(status.progress(RunPaths(view.run_dir), name, cur))
         if done:  # how far the program got: while it runs, after it ends, and where a failed one stopped
             note = f"{note}; reached {done}" if note else done

@@ -124,7 +124,7 @@ stages:
     # counts the restart; at the end the restart, its cause and time are still shown.
     pending = [line for _, line in seen if " PENDING " in line]
     running_again = [line for _, line in seen if " RUNNING " in line and "restart 1" in line]
-    assert pending and all("requeued" in line and "waiting" not in line for line in pending), seen
+    assert pending and all("requeued" in line and "restart 1 (NODE_FAIL" in line for line in pending), seen
     assert running_again and not any("BeginTime" in line for _, line in seen), seen
     assert "restart 1 (NODE_FAIL at" in seen[-1][1] and f"on {node}" in seen[-1][1], seen
     records = sorted((run_dir / "records" / "train").glob("*.json"))
@@ -132,7 +132,7 @@ stages:
     log = next((run_dir / "logs").glob("train.*.log")).read_text()
     resumed_at = int(log.split("start at step ")[-1].split()[0])
     assert resumed_at >= 6  # continued from its checkpoint, did not restart at 0
-    first = {kind: next((round(t) for t, line in seen if kind in line), None)
+    first = {kind: next((round(t) for t, line in seen if kind in line and "restart 1" in line), None)
              for kind in (" PENDING ", " RUNNING ", " COMPLETED ")}
     record_figure("node_loss", {"lost_node": node, "resumed_at_step": resumed_at, "restarts": len(records) - 1,
                                 "s_after_kill_requeued_shown": first[" PENDING "],
