@@ -213,7 +213,7 @@ class Notify(Strict):
 class Tracking(Strict):
     """Experiment tracking from the stage programs (stages/tracking.py): MLflow runs named <run id>/<stage>."""
 
-    backend: Literal["mlflow", "off"] = "off"
+    backend: Literal["mlflow", "tensorboard", "off"] = "off"
     uri: Word | None = Field(None, description="MLflow tracking server, e.g. http://mlflow.internal:5000")
     experiment: Word | None = Field(None, description="MLflow experiment; default: the pipeline's name")
 

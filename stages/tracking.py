@@ -1,5 +1,6 @@
 """Experiment tracking from inside the stage programs: MLflow when the job wrapper set PIPELINE_TRACKING=mlflow
-(the spec's `tracking:`), with MLflow's own MLFLOW_TRACKING_URI / MLFLOW_EXPERIMENT_NAME variables.
+(the spec's `tracking:`), with MLflow's own MLFLOW_TRACKING_URI / MLFLOW_EXPERIMENT_NAME variables; TensorBoard
+event files in the run directory with PIPELINE_TRACKING=tensorboard.
 
 One MLflow run per stage of a pipeline run, named `<run id>/<stage>` and tagged with the job id, SLURM_JOB_ID,
 restart and variant; a requeued or resumed attempt reopens that MLflow run, so its curve continues. Rank 0 only.
@@ -20,9 +21,30 @@ _run: Any = None
 _broken = False
 
 
+_writer: Any = None
+
+
+def backend() -> str | None:
+    """"mlflow", "tensorboard" or None (off, broken, or not rank 0)."""
+    name = os.environ.get("PIPELINE_TRACKING")
+    ok = name in ("mlflow", "tensorboard") and not _broken and int(os.environ.get("RANK", "0")) == 0
+    return name if ok else None
+
+
 def enabled() -> bool:
-    return (os.environ.get("PIPELINE_TRACKING") == "mlflow" and not _broken
-            and int(os.environ.get("RANK", "0")) == 0)
+    return backend() is not None
+
+
+def _tensorboard() -> Any:
+    """TensorBoard event files under PIPELINE_TENSORBOARD_DIR/<stage> (torch.utils.tensorboard.SummaryWriter,
+    which needs the `tensorboard` package); one folder per stage, so `tensorboard --logdir` shows them all."""
+    global _writer
+    if _writer is None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        folder = Path(os.environ["PIPELINE_TENSORBOARD_DIR"]) / os.environ.get("PIPELINE_STAGE", "stage")
+        _writer = SummaryWriter(log_dir=str(folder))
+    return _writer
 
 
 def _guard(func: Callable[..., None]) -> Callable[..., None]:
@@ -34,10 +56,14 @@ def _guard(func: Callable[..., None]) -> Callable[..., None]:
             func(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 (the tracker is never a reason to fail a training run)
             _broken = True
-            print(f"warning: tracking off for this job: MLflow said {type(exc).__name__}: {exc}", file=sys.stderr,
-                  flush=True)
+            print(f"warning: tracking off for this job: {backend_name()} said {type(exc).__name__}: {exc}",
+                  file=sys.stderr, flush=True)
 
     return wrapper
+
+
+def backend_name() -> str:
+    return os.environ.get("PIPELINE_TRACKING", "the tracker")
 
 
 def _mlflow() -> Any:
@@ -70,6 +96,9 @@ def _mlflow() -> Any:
 @_guard
 def params(values: dict[str, Any]) -> None:
     """Hyper-parameters (MLflow keeps params immutable: a resumed attempt logs only the ones not logged yet)."""
+    if backend() == "tensorboard":
+        _tensorboard().add_text("params", "\n".join(f"    {k} = {v}" for k, v in sorted(values.items())))
+        return
     mlflow = _mlflow()
     known = mlflow.get_run(_run.info.run_id).data.params
     fresh = {k: str(v)[:500] for k, v in values.items() if k not in known and v is not None}
@@ -81,12 +110,18 @@ def params(values: dict[str, Any]) -> None:
 def metrics(step: int | None, values: dict[str, Any]) -> None:
     numbers = {k: float(v) for k, v in flatten(values).items()
                if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step", "steps", "time")}
-    if numbers:
+    if numbers and backend() == "tensorboard":
+        for key, value in numbers.items():
+            _tensorboard().add_scalar(key, value, global_step=step)
+        _tensorboard().flush()
+    elif numbers:
         _mlflow().log_metrics(numbers, step=step)
 
 
 @_guard
 def artifact(path: Path, name: str) -> None:
+    if backend() == "tensorboard":
+        return  # event files hold scalars and text; the artifacts stay where the stage wrote them
     mlflow = _mlflow()
     if path.is_dir():
         mlflow.log_artifacts(str(path), artifact_path=name)
@@ -96,7 +131,10 @@ def artifact(path: Path, name: str) -> None:
 
 @_guard
 def end(ok: bool) -> None:
-    global _run
+    global _run, _writer
+    if _writer is not None:
+        _writer.close()
+        _writer = None
     if _run is not None:
         _mlflow().end_run(status="FINISHED" if ok else "FAILED")
         _run = None

@@ -39,6 +39,18 @@ def _pip(argv: list[str], python: str = sys.executable) -> None:
     assert done.returncode == 0, f"pip install {argv[-1]} failed: {done.stderr[-1500:]}"
 
 
+# Likewise for `tensorboard==2.21.0` (torch.utils.tensorboard's SummaryWriter needs it).
+TENSORBOARD = ["tensorboard==2.21.0", "Markdown==3.11.3", "grpcio==1.85.3", "protobuf==7.36.2",
+               "tensorboard-data-server==0.7.2"]
+
+
+def tensorboard_site() -> Path:
+    site = CACHE / "tensorboard-2.21.0"
+    if not (site / "tensorboard" / "__init__.py").is_file():
+        _pip(["--no-deps", "--target", str(site), *TENSORBOARD])
+    return site
+
+
 def client_site() -> Path:
     site = CACHE / f"mlflow-client-{VERSION}"
     if not (site / "mlflow" / "__init__.py").is_file():
