@@ -131,19 +131,38 @@ def load(path: Path, fmt: str, tokenizer: Any, eval_fraction: float, seed: int) 
     return train, held_out
 
 
-def pack(examples: list[Example], tokenizer: Any, seq_len: int) -> list[list[int]]:
-    """Concatenate all token ids and cut them into seq_len chunks (the real packed length: defect 19)."""
-    stream: list[int] = []
+# One training sequence: token ids and their labels (-100 where no loss is taken).
+Chunk = tuple[list[int], list[int]]
+
+
+def tokens(example: Example, tokenizer: Any) -> Chunk:
+    """The example's ids, labelled on the answer only: the loss is the one evaluate measures (the answer given
+    the prompt), and a fixed system prompt repeated in every row teaches nothing (TRL's SFTTrainer does the same
+    for prompt/completion data: completion_only_loss)."""
+    prompt = tokenizer(example.prompt, add_special_tokens=False)["input_ids"]
+    ids = tokenizer(example.text, add_special_tokens=False)["input_ids"]
+    n = len(prompt) if ids[:len(prompt)] == prompt else 0
+    return ids, [-100] * n + ids[n:]
+
+
+def pack(examples: list[Example], tokenizer: Any, seq_len: int) -> list[Chunk]:
+    """Concatenate all examples and cut the stream into seq_len chunks (the real packed length: defect 19);
+    a chunk without a single answer token is dropped (its loss would be 0/0)."""
+    ids: list[int] = []
+    labels: list[int] = []
     for example in examples:
-        stream.extend(tokenizer(example.text, add_special_tokens=False)["input_ids"])
-    chunks = [stream[i:i + seq_len] for i in range(0, len(stream) - seq_len + 1, seq_len)]
-    if not chunks and stream:
-        chunks = [stream]
-    return chunks
+        chunk_ids, chunk_labels = tokens(example, tokenizer)
+        ids.extend(chunk_ids)
+        labels.extend(chunk_labels)
+    chunks = [(ids[i:i + seq_len], labels[i:i + seq_len]) for i in range(0, len(ids) - seq_len + 1, seq_len)]
+    if not chunks and ids:
+        chunks = [(ids, labels)]
+    return [c for c in chunks if any(label != -100 for label in c[1])]
 
 
-def pad(examples: list[Example], tokenizer: Any, seq_len: int) -> list[list[int]]:
-    return [tokenizer(e.text, add_special_tokens=False)["input_ids"][:seq_len] for e in examples]
+def pad(examples: list[Example], tokenizer: Any, seq_len: int) -> list[Chunk]:
+    chunks = [tokens(e, tokenizer) for e in examples]
+    return [(ids[:seq_len], labels[:seq_len]) for ids, labels in chunks if any(x != -100 for x in labels[:seq_len])]
 
 
 @entry

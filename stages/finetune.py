@@ -173,16 +173,17 @@ def micro_batches(n_items: int, batch: int, world: int, rank: int, seed: int, st
     return out
 
 
-def collate(chunks: list[list[int]], pad_id: int, device: Any) -> dict[str, Any]:
+def collate(chunks: list[datalib.Chunk], pad_id: int, device: Any) -> dict[str, Any]:
     import torch
 
-    width = max(len(c) for c in chunks)
+    width = max(len(ids) for ids, _ in chunks)
     ids = torch.full((len(chunks), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(chunks), width), -100, dtype=torch.long)  # padding and prompts: no loss
     mask = torch.zeros((len(chunks), width), dtype=torch.long)
-    for i, chunk in enumerate(chunks):
+    for i, (chunk, chunk_labels) in enumerate(chunks):
         ids[i, :len(chunk)] = torch.tensor(chunk)
+        labels[i, :len(chunk_labels)] = torch.tensor(chunk_labels)
         mask[i, :len(chunk)] = 1
-    labels = ids.masked_fill(mask == 0, -100)
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
 
 
@@ -295,6 +296,9 @@ def train(args: argparse.Namespace) -> int:
     model, tokenizer = load_model(args, dist)
     train_set, _ = datalib.load(args.data, args.format, tokenizer, args.eval_fraction, args.seed)
     chunks = (datalib.pack if args.packing else datalib.pad)(train_set, tokenizer, args.seq_len)
+    if not chunks:
+        raise StageError(f"{args.data}: no training sequence has an answer token within {args.seq_len} tokens",
+                         "raise --seq-len (seq_len), or shorten the prompts")
     per_step = args.batch_size * dist.world * args.grad_accum
     steps = args.max_steps if args.max_steps > 0 else args.epochs * math.ceil(len(chunks) / per_step)
     log(f"{len(train_set)} examples -> {len(chunks)} sequences of <= {args.seq_len} tokens; {steps} steps "

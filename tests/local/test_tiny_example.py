@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from orchestrator import state
+from orchestrator import state, summary
 from orchestrator.states import JobState
 from tests.conftest import REPO
 from tests.helpers import latest_run, run_cli, wait_terminal
@@ -24,6 +24,10 @@ def test_tiny_llama_pipeline_end_to_end(capsys):
     generations = json.loads((work / "reports" / "inference.json").read_text())["generations"]
     assert [g["prompt"] for g in generations] == ["What is the capital of France?", "Reverse the word: cat"]
     assert (work / "merged" / "model.safetensors").is_file()
+    # What ./dev demo prints at the end (orchestrator/summary.py), from this run's real reports.
+    text = summary.summary(run_dir)
+    assert "verdict: PASSED" in text and f"ratio {report['loss_ratio']:.3f}" in text
+    assert "Q: What is the capital of France?" in text and str(work / "merged") in text
     finetune = state.Store(run_dir).read().stages["finetune"].current
     assert finetune.exit_code == 0
     # The program's own progress report, tagged with this attempt's job id, is what status shows for it.

@@ -99,3 +99,23 @@ def test_dolly_rows_use_the_tokenizers_chat_template_with_a_system_prompt(tiny):
     tokenizer.chat_template = None  # no template: the Dolly text layout, EOS-terminated
     (plain,) = data.to_examples([row], "dolly", tokenizer)
     assert plain.prompt.startswith("### Instruction:\n") and plain.answer == "Lima.</s>"
+
+
+def test_packed_sequences_take_the_loss_on_answers_only(tiny):
+    """The training loss is the one evaluate measures: answer tokens given the prompt, never the prompt itself."""
+    from transformers import AutoTokenizer
+
+    from stages import data
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    rows = [{"instruction": f"What is {a} plus 1?", "response": f"{a} plus 1 is {a + 1}."} for a in range(1, 9)]
+    examples = data.to_examples(rows, "dolly", tokenizer)
+    chunks = data.pack(examples, tokenizer, 128)
+    assert chunks and all(len(ids) == len(labels) == 128 for ids, labels in chunks)
+    ids = [t for c in chunks for t in c[0]]
+    labels = [t for c in chunks for t in c[1]]
+    first_prompt = len(tokenizer(examples[0].prompt, add_special_tokens=False)["input_ids"])
+    first_text = len(tokenizer(examples[0].text, add_special_tokens=False)["input_ids"])
+    assert labels[:first_prompt] == [-100] * first_prompt
+    assert labels[first_prompt:first_text] == ids[first_prompt:first_text]
+    assert tokenizer.decode(ids[first_prompt:first_text]) == examples[0].answer
