@@ -13,8 +13,21 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, model_validator
 
 from orchestrator import yamlsrc
-from orchestrator.families import Family, Kind, Params
+from orchestrator.families import Family, Kind, family_of
 from orchestrator.families import Params as Strict
+from orchestrator.families.common import (
+    NEURON_INDEX,
+    NEURON_SDK_2_28,
+    DownloadParams,
+    EvaluateParams,
+    InferenceParams,
+    Lora,
+    Modules,
+    Positive,
+    model_outputs,
+    model_slug,
+    require_venv,
+)
 from orchestrator.spec import Pipeline, error_at
 
 # (NeuronCores per node, tensor parallel size) per instance type (stages.md 2.3, Gen 2 launcher table).
@@ -44,22 +57,17 @@ PINS: dict[str, dict[str, Any]] = {
                           "sudo apt-get install -y python3.10 python3.10-venv python3.10-dev",
         "system_site_packages": False,
         # torch-neuronx first (with torchvision, as upstream), so pip does not pull a CUDA torch later.
-        "first": ["torch-neuronx==2.8.0.2.12.22436", "neuronx-cc==2.23.6484.0", "torchvision==0.23.0"],
+        "first": [*NEURON_SDK_2_28, "torchvision==0.23.0"],
         # The versions optimum-neuron[training]==0.4.5 requires (its METADATA: transformers~=4.57.1,
         # trl==0.24.0, peft==0.17.0), pinned exactly so every gen2 env resolves the same stack.
         "then": ["neuronx-distributed==0.17.26814", "optimum-neuron[training]==0.4.5", "transformers==4.57.1",
                  "trl==0.24.0", "peft==0.17.0"],
     },
 }
-NEURON_INDEX = "https://pip.repos.neuron.amazonaws.com"
 
 
-class Lora(Strict):
-    r: Annotated[int, Field(gt=0)] = 16
-    alpha: Annotated[int, Field(gt=0)] = 16
-    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.05
-    target_modules: Annotated[list[str], Field(min_length=1)] = [
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+class NeuronLora(Lora):
+    target_modules: Modules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 class NeuronSettings(Strict):
@@ -86,7 +94,7 @@ class NeuronSettings(Strict):
     bf16: bool = True
     save_steps: Annotated[int, Field(gt=0)] = 400
     logging_steps: Annotated[int, Field(gt=0)] = 1
-    lora: Lora = Field(default_factory=Lora)
+    lora: NeuronLora = Field(default_factory=NeuronLora)
     compile_steps: Annotated[int, Field(gt=0, le=100)] = 10
     rdzv_port: Annotated[int, Field(gt=1023, lt=65536)] = 29400
     system_prompt: str = "You are a helpful assistant."
@@ -116,23 +124,14 @@ class NeuronSettings(Strict):
 
     @property
     def model_slug(self) -> str:
-        return self.model_id.rstrip("/").split("/")[-1]
+        return model_slug(self.model_id)
 
 
-class DownloadParams(Params):
-    allow_patterns: list[str] = ["*.json", "*.safetensors", "tokenizer*"]
-
-
-class EvaluateParams(Params):
-    max_loss_ratio: Annotated[float, Field(gt=0)] = 1.0  # tuned held-out loss must be below base x this
-
-
-class InferenceParams(Params):
-    prompts: list[str] = ["Who are you?"]
-    system_prompt: str = "You are a pirate chatbot who always responds in pirate speak!"
-    max_new_tokens: Annotated[int, Field(gt=0)] = 256
+class NeuronInferenceParams(InferenceParams):
+    system_prompt: str | None = "You are a pirate chatbot who always responds in pirate speak!"
+    max_new_tokens: Positive = 256
     temperature: Annotated[float, Field(ge=0)] = 0.6
-    top_p: Annotated[float, Field(gt=0, le=1)] = 0.9
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = 0.9
 
 
 def compile_cache_key(settings: NeuronSettings, nodes: int) -> str:
@@ -147,25 +146,18 @@ def compile_cache_key(settings: NeuronSettings, nodes: int) -> str:
 def _check(source: yamlsrc.Located, pipeline: Pipeline, settings: Any) -> None:
     """compile and finetune must use the same node count, or the compiled cache is useless (defect 7)."""
     nodes = {s.kind: (i, s.resources.nodes or 1) for i, s in enumerate(pipeline.stages)
-             if s.kind in ("compile", "finetune") and (s.family or pipeline.family) == "neuron"}
+             if s.kind in ("compile", "finetune") and family_of(pipeline, s) == "neuron"}
     if "compile" in nodes and "finetune" in nodes and nodes["compile"][1] != nodes["finetune"][1]:
         index = nodes["compile"][0]
         raise error_at(source, ("stages", index, "resources", "nodes"),
                        f"compile runs on {nodes['compile'][1]} node(s) but finetune on {nodes['finetune'][1]}",
                        "use the same node count: Neuron graphs depend on the world size")
-    if pipeline.venv is None and any((s.family or pipeline.family) == "neuron" for s in pipeline.stages):
-        raise error_at(source, (), "the neuron family needs `venv:` (the environment every stage activates)",
-                       "e.g. venv: /fsx/ubuntu/peft_ft/env_llama3_8B_peft")
+    require_venv(source, pipeline, "neuron", "/fsx/ubuntu/peft_ft/env_llama3_8B_peft")
 
 
 def _context(settings: Any) -> dict[str, Any]:
     assert isinstance(settings, NeuronSettings)
     return {"pins": PINS[settings.sdk], "neuron_index": NEURON_INDEX, "compile_key": compile_cache_key}
-
-
-def model_outputs(settings: Any, params: Any) -> list[str]:
-    """What a Neuron download leaves (shared with the nxd family, which downloads the same way)."""
-    return [f"model_artifacts/{settings.model_slug}/config.json", f"model_artifacts/{settings.model_slug}/manifest.json"]
 
 
 FAMILY = Family(
@@ -181,7 +173,7 @@ FAMILY = Family(
                             outputs=lambda s, p: ["adapter_consolidated/adapter_model.safetensors"]),
         "merge": Kind("neuron/merge.sh.j2", outputs=lambda s, p: ["final_model_output/config.json"]),
         "evaluate": Kind("neuron/evaluate.sh.j2", EvaluateParams, lambda s, p: ["reports/evaluate.json"]),
-        "inference": Kind("neuron/inference.sh.j2", InferenceParams, lambda s, p: ["reports/inference.json"]),
+        "inference": Kind("neuron/inference.sh.j2", NeuronInferenceParams, lambda s, p: ["reports/inference.json"]),
     },
     check=_check,
     context=_context,

@@ -20,9 +20,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, model_validator
 
 from orchestrator import dag, yamlsrc
-from orchestrator.families import Family, Kind, Params
+from orchestrator.families import Family, Kind, common, family_of
 from orchestrator.families import Params as Strict
-from orchestrator.families.neuron import DownloadParams, model_outputs
 from orchestrator.spec import Pipeline, error_at, resolve_after
 
 # NeuronCores per node (one torchrun worker each) and the converter's --hw_backend, per instance type.
@@ -39,12 +38,11 @@ INSTANCES: dict[str, tuple[int, str]] = {
 # and what convert/prepare_data use.
 PINS: dict[str, Any] = {
     "python": "python3.10",
-    "first": ["torch-neuronx==2.8.0.2.12.22436", "neuronx-cc==2.23.6484.0"],
+    "first": common.NEURON_SDK_2_28,
     "then": ["neuronx-distributed==0.17.26814", "transformers==4.48.0", "datasets<=3.6.0", "lightning==2.4.0",
              "pytorch-lightning==2.4.0", "tensorboard", "regex", "sentencepiece", "tenacity", "s3transfer",
              "awscrt", "peft==0.14.0", "blobfile", "tiktoken", "nltk", "safetensors", "huggingface_hub<1.0"],
 }
-NEURON_INDEX = "https://pip.repos.neuron.amazonaws.com"
 
 # The four NxD LoraConfig save fields per mode (stages.md 3.4). merge_sharded_lora is False in every mode: in NxD
 # 2.28 (src/neuronx_distributed/modules/lora/model.py, state_dict / merge_sharded_lora_weights) it forces
@@ -62,11 +60,9 @@ SAVE_MODES: dict[str, dict[str, bool]] = {
 PACKED_LEN = 2048  # the NxD PTL data module packs into 2048-token chunks whatever --seq_len says (defect 19)
 
 
-class NxdLora(Strict):
-    r: Annotated[int, Field(gt=0)] = 16
-    alpha: Annotated[int, Field(gt=0)] = 32
-    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.05
-    target_modules: Annotated[list[str], Field(min_length=1)] | None = Field(
+class NxdLora(common.Lora):
+    alpha: common.Positive = 32
+    target_modules: common.Modules | None = Field(
         None, description="default: qkv_proj when the attention projections are fused, else q_proj,v_proj,k_proj")
 
 
@@ -198,7 +194,7 @@ class NxdSettings(Strict):
 
     @property
     def model_slug(self) -> str:
-        return self.model_id.rstrip("/").split("/")[-1]
+        return common.model_slug(self.model_id)
 
     @property
     def config_json(self) -> str:
@@ -217,19 +213,8 @@ class NxdSettings(Strict):
         return max(1, self.global_batch_size // (self.micro_batch_size * self.data_parallel(nodes)))
 
 
-class EvaluateParams(Params):
-    max_loss_ratio: Annotated[float, Field(gt=0)] = 1.0  # tuned held-out loss must be below base x this
-
-
-class InferenceParams(Params):
-    prompts: list[str] = ["Who are you?"]
-    system_prompt: str | None = None
-    max_new_tokens: Annotated[int, Field(gt=0)] = 128
-    temperature: Annotated[float, Field(ge=0)] = 0.0
-
-
 def _ours(pipeline: Pipeline) -> dict[str, int]:
-    return {s.kind: i for i, s in enumerate(pipeline.stages) if (s.family or pipeline.family) == "nxd"}
+    return {s.kind: i for i, s in enumerate(pipeline.stages) if family_of(pipeline, s) == "nxd"}
 
 
 def _ancestors(pipeline: Pipeline, name: str) -> set[str]:
@@ -241,9 +226,7 @@ def _check(source: yamlsrc.Located, pipeline: Pipeline, settings: Any) -> None:
     if not kinds:
         return
     assert isinstance(settings, NxdSettings)
-    if pipeline.venv is None:
-        raise error_at(source, (), "the nxd family needs `venv:` (the environment every stage activates)",
-                       "e.g. venv: /fsx/ubuntu/nxd_lora/env_nxd")
+    common.require_venv(source, pipeline, "nxd", "/fsx/ubuntu/nxd_lora/env_nxd")
     if "finetune" in kinds:
         index = kinds["finetune"]
         if "convert" not in kinds and settings.pretrained_ckpt is None:
@@ -308,7 +291,7 @@ def _check_data_stages(source: yamlsrc.Located, pipeline: Pipeline, kinds: dict[
 
 def _context(settings: Any) -> dict[str, Any]:
     assert isinstance(settings, NxdSettings)
-    return {"pins": PINS, "neuron_index": NEURON_INDEX}
+    return {"pins": PINS, "neuron_index": common.NEURON_INDEX}
 
 
 FAMILY = Family(
@@ -316,7 +299,7 @@ FAMILY = Family(
     settings=NxdSettings,
     kinds={
         "create_env": Kind("nxd/create_env.sh.j2"),
-        "download": Kind("nxd/download.sh.j2", DownloadParams, model_outputs),
+        "download": Kind("nxd/download.sh.j2", common.DownloadParams, common.model_outputs),
         "prepare_data": Kind("nxd/prepare_data.sh.j2", outputs=lambda s, p: [
             "data/task_rows.jsonl", "data/nxd_train/dataset_dict.json"]),
         "convert": Kind("nxd/convert.sh.j2", outputs=lambda s, p: [f"{s.converted_dir}/pretrained_weight/model"]),
@@ -324,8 +307,8 @@ FAMILY = Family(
         "export_adapter": Kind("nxd/export_adapter.sh.j2", outputs=lambda s, p: [
             "adapter_peft/adapter_config.json", "adapter_peft/adapter_model.safetensors"]),
         "merge": Kind("nxd/merge.sh.j2", outputs=lambda s, p: ["final_model_output/config.json"]),
-        "evaluate": Kind("nxd/evaluate.sh.j2", EvaluateParams, lambda s, p: ["reports/evaluate.json"]),
-        "inference": Kind("nxd/inference.sh.j2", InferenceParams, lambda s, p: ["reports/inference.json"]),
+        "evaluate": Kind("nxd/evaluate.sh.j2", common.EvaluateParams, lambda s, p: ["reports/evaluate.json"]),
+        "inference": Kind("nxd/inference.sh.j2", common.InferenceParams, lambda s, p: ["reports/inference.json"]),
     },
     check=_check,
     context=_context,

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator
 
 from orchestrator import dag, yamlsrc
-from orchestrator.families import Family, Kind, Params
+from orchestrator.families import Family, Kind, Params, family_of
 from orchestrator.families import Params as Strict
 from orchestrator.spec import Pipeline, error_at, resolve_after
 
@@ -172,7 +172,7 @@ USES_SOURCE = ("evaluate", "quantize", "generate")
 def _check(source: yamlsrc.Located, pipeline: Pipeline, settings: Any) -> None:
     """`source` must name a finetune stage this stage waits for (directly or not), or be implied by there being
     exactly one; otherwise the stage could run before the checkpoint it reads exists."""
-    mine = [(i, s) for i, s in enumerate(pipeline.stages) if (s.family or pipeline.family) == "torchtune"]
+    mine = [(i, s) for i, s in enumerate(pipeline.stages) if family_of(pipeline, s) == "torchtune"]
     finetunes = [s.name for _, s in mine if s.kind == "finetune"]
     methods: dict[str, str] = {}
     for index, stage in mine:
