@@ -11,7 +11,7 @@ same model, data, LoRA and batch; (b) model FLOPs utilisation against the fp32 m
 (b) FLOPs per trained token are counted from the model config (flops_per_token below) and divided by the best
     fp32 matmul rate torch reaches on the same threads in this process (square 2048 GEMM and the model's own
     largest GEMM shape), measured between the rounds.
---profile: our stage profiles one steady-state step with torch.profiler (top ops by self CPU time).
+--profile: our stage profiles one more step after the measured ones with torch.profiler (top ops by self CPU).
 """
 
 from __future__ import annotations
@@ -86,10 +86,11 @@ def ours(model: Path, out: Path, a: argparse.Namespace, profile: bool) -> list[f
             "--batch-size", str(a.batch), "--seq-len", str(a.seq), "--lr", str(LR), "--lora-r", str(RANK),
             "--lora-alpha", str(ALPHA), "--lora-dropout", "0", "--target-modules", ",".join(TARGETS),
             "--dtype", "fp32", "--warmup-steps", "2"]
-    if profile:
-        argv += ["--profile-step", str(a.steps)]
+    if profile:  # one extra step, after the measured ones: the profiler's overhead is never timed
+        argv[argv.index("--max-steps") + 1] = str(a.steps + 1)
+        argv += ["--profile-step", str(a.steps + 1)]
     subprocess.run(argv, check=True, capture_output=True, env=env(a.threads))
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][:a.steps]
     return [a.batch * a.seq / row["tokens_per_s"] for row in rows]
 
 
