@@ -237,6 +237,13 @@ def progress(paths: RunPaths, stage: str, attempt: Attempt | None) -> dict[str, 
     return data if isinstance(data, dict) and data.get("job_id") == attempt.job_id else None
 
 
+def tracking_link(paths: RunPaths, stage: str, attempt: Attempt | None) -> str | None:
+    """Where the experiment tracker shows this attempt (stages/tracking.py notes it in the metrics history)."""
+    from orchestrator.report import links_of  # late: report imports this module
+
+    return links_of(paths, stage, attempt.job_id).get(stage) if attempt else None
+
+
 def progress_note(data: dict[str, Any] | None) -> str:
     if not data or "step" not in data:
         return ""
@@ -277,4 +284,5 @@ def to_json(view: RunView) -> dict[str, Any]:
         data["stages"][name]["state"] = stage.state.value
         data["stages"][name]["elapsed"] = elapsed(stage.current) if stage.current else ""
         data["stages"][name]["progress"] = progress(RunPaths(view.run_dir), name, stage.current)
+        data["stages"][name]["tracking"] = tracking_link(RunPaths(view.run_dir), name, stage.current)
     return data

@@ -21,7 +21,7 @@ PY = sys.executable
 
 @pytest.mark.slow
 def test_finetune_and_evaluate_log_to_a_real_mlflow_server(write_spec, tiny, mlflow_server, monkeypatch,  # noqa: F811
-                                                           tmp_path):
+                                                           capsys):
     site = client_site()
     monkeypatch.setenv("PYTHONPATH", str(site))  # the stage programs' mlflow client (mlflow-skinny)
     path = write_spec(f"""
@@ -73,4 +73,8 @@ def test_finetune_and_evaluate_log_to_a_real_mlflow_server(write_spec, tiny, mlf
     assert all(x["job_id"] == job and x["tokens_per_s"] > 0 for x in steps)
     assert steps[0]["lr"] > steps[-1]["lr"] >= 0  # the schedule decays to 0 at the last step
     links = report.collect(run_dir).links
-    assert links["train"] == f"{mlflow_server}/#/experiments/{experiment.experiment_id}/runs/{train.info.run_id}"
+    link = f"{mlflow_server}/#/experiments/{experiment.experiment_id}/runs/{train.info.run_id}"
+    assert links["train"] == link
+    capsys.readouterr()
+    assert run_cli("status", run_dir.name, "--json") == 0
+    assert json.loads(capsys.readouterr().out)["stages"]["train"]["tracking"] == link
