@@ -93,6 +93,11 @@ def validate(source: yamlsrc.Located, pipeline: Pipeline) -> None:
     for index, stage in enumerate(pipeline.stages):
         _validate_stage(source, pipeline, index, stage, families)
     families[pipeline.family].check(source, pipeline, settings)
+    # A stage may name another family (stage.family): that family's cross-stage checks run too, with its default
+    # settings (settings_of: `settings:` belongs to the pipeline's own family).
+    for name in dict.fromkeys(family_of(pipeline, s) for s in pipeline.stages):
+        if name != pipeline.family:
+            families[name].check(source, pipeline, settings_of(pipeline, families[name]))
 
 
 def _validate_stage(source: yamlsrc.Located, pipeline: Pipeline, index: int, stage: Stage,
