@@ -3,13 +3,13 @@
 Every torchtune config is rendered from these settings with the component paths of the pinned release
 (stages.md 4.1: the 2024 configs name `torchtune.utils.*` paths that no longer exist, torchtune#1990), written
 into the run directory with the paths known only at run time merged in, checked with `tune validate`, then
-run. Paths that torchtune removed are rejected when the spec is validated, before anything is submitted.
+run. A dataset builder the pinned release lacks is rejected when the spec is validated, before anything is
+submitted.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
@@ -27,17 +27,6 @@ from orchestrator.spec import Pipeline, error_at, resolve_after
 PINS = ["torch==2.7.0", "torchtune==0.6.1", "torchao==0.10.0", "torchdata==0.11.0", "lm_eval==0.4.8", "omegaconf",
         "pyyaml"]
 
-# Old component path -> the current one (stages.md 4.1).
-RENAMED = {
-    "torchtune.utils.FullModelHFCheckpointer": "torchtune.training.FullModelHFCheckpointer",
-    "torchtune.utils.metric_logging.WandBLogger": "torchtune.training.metric_logging.WandBLogger",
-    "torchtune.utils.metric_logging.DiskLogger": "torchtune.training.metric_logging.DiskLogger",
-    "torchtune.modules.get_cosine_schedule_with_warmup":
-        "torchtune.training.lr_schedulers.get_cosine_schedule_with_warmup",
-    "torchtune.utils.quantization.Int4WeightOnlyQuantizer": "torchtune.training.quantization.Int4WeightOnlyQuantizer",
-    # stages.md names LinearCrossEntropyLoss: that is torchtune main after 0.6.1; the pinned release has this one.
-    "torch.nn.CrossEntropyLoss": "torchtune.modules.loss.CEWithChunkedOutputLoss",
-}
 
 # model setting -> (module, full builder, LoRA builder)
 MODELS: dict[str, tuple[str, str, str]] = {
@@ -49,7 +38,6 @@ MODELS: dict[str, tuple[str, str, str]] = {
 }
 DATASETS = ("alpaca_dataset", "alpaca_cleaned_dataset", "wikitext_dataset", "slimorca_dataset", "samsum_dataset",
             "grammar_dataset", "chat_dataset", "instruct_dataset", "text_completion_dataset")
-ATTN_MODULES = ("q_proj", "k_proj", "v_proj", "output_proj")
 # Parameters per model setting (the builders' sizes: Llama 3 8B 8.03e9, 70B 70.55e9, the same for 3.1 and 3.3).
 PARAMS = {"llama3_8b": 8.03e9, "llama3_70b": 70.55e9, "llama3_1_8b": 8.03e9, "llama3_1_70b": 70.55e9,
           "llama3_3_70b": 70.55e9}
@@ -226,11 +214,6 @@ def _check_fits(source: yamlsrc.Located, index: int, kind: str, params: dict[str
                        f"{kind}: {settings.model} in {settings.dtype} needs ~{need:.0f} GiB on one GPU "
                        f"({settings.weights_gib():.0f} GiB of weights), one GPU has {settings.gpu_memory_gib:g} GiB",
                        f"{hint}; torchtune 0.6.1's eleuther_eval, quantize and generate recipes are single-device")
-
-
-def component_paths(text: str) -> list[str]:
-    """Every `_component_` value in a rendered config (the tests check none is a removed path)."""
-    return re.findall(r'"_component_": "([^"]+)"', text)
 
 
 def _component(path: str, **args: Any) -> dict[str, Any]:

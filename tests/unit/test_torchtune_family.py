@@ -3,18 +3,35 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
 
 from orchestrator import plan, spec
 from orchestrator.errors import SpecError
-from orchestrator.families import torchtune
 from tests.conftest import REPO
 
 EXAMPLE = REPO / "examples" / "llama3-70b-torchtune-p5.yaml"
 GOLDEN = REPO / "tests" / "golden" / "llama3-70b-torchtune-p5"
 UPDATE = os.environ.get("PIPELINE_UPDATE_GOLDEN") == "1"
+
+# Old component path (the 2024 seed configs) -> the one of the pinned torchtune 0.6.1 (stages.md 4.1, torchtune#1990).
+RENAMED = {
+    "torchtune.utils.FullModelHFCheckpointer": "torchtune.training.FullModelHFCheckpointer",
+    "torchtune.utils.metric_logging.WandBLogger": "torchtune.training.metric_logging.WandBLogger",
+    "torchtune.utils.metric_logging.DiskLogger": "torchtune.training.metric_logging.DiskLogger",
+    "torchtune.modules.get_cosine_schedule_with_warmup":
+        "torchtune.training.lr_schedulers.get_cosine_schedule_with_warmup",
+    "torchtune.utils.quantization.Int4WeightOnlyQuantizer": "torchtune.training.quantization.Int4WeightOnlyQuantizer",
+    # stages.md names LinearCrossEntropyLoss: that is torchtune main after 0.6.1; the pinned release has this one.
+    "torch.nn.CrossEntropyLoss": "torchtune.modules.loss.CEWithChunkedOutputLoss",
+}
+
+
+def component_paths(text: str) -> list[str]:
+    """Every `_component_` value in a rendered config."""
+    return re.findall(r'"_component_": "([^"]+)"', text)
 
 
 def built() -> plan.Plan:
@@ -44,7 +61,7 @@ def test_scripts_fix_the_seed_defects():
         assert "WANDB_API_KEY" not in text, name
         if name != "create_env":
             assert "source /fsx/ubuntu/torchtune-llama3-70b/venv/bin/activate" in text, name  # defect 4
-        for old in torchtune.RENAMED:
+        for old in RENAMED:
             assert f'"{old}"' not in text, (name, old)  # removed component paths (defect 20, torchtune#1990)
         if "tune run" in text:
             assert text.index("tune validate") < text.index("tune run"), name  # configs checked before the GPUs
@@ -63,10 +80,10 @@ def test_scripts_fix_the_seed_defects():
 
 
 def test_component_paths_are_the_pinned_releases():
-    known = {"torch.optim.AdamW", *torchtune.RENAMED.values(), "torchtune.models.llama3.llama3_tokenizer",
+    known = {"torch.optim.AdamW", *RENAMED.values(), "torchtune.models.llama3.llama3_tokenizer",
              "torchtune.models.llama3.llama3_70b", "torchtune.models.llama3.lora_llama3_70b",
              "torchtune.datasets.alpaca_dataset", "torchtune.training.quantization.Int8DynActInt4WeightQuantizer"}
-    found = {path for s in built().stages for path in torchtune.component_paths(s.script)}
+    found = {path for s in built().stages for path in component_paths(s.script)}
     assert found and found <= known, found - known
 
 
