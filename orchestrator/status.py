@@ -188,14 +188,22 @@ def _signal_name(code: int | None) -> str | None:
         return None
 
 
+STALE_PENDING_REASONS = frozenset({None, "", "Dependency", "JobHeldUser", "JobHeldAdmin", "Priority", "Resources",
+                                   "BeginTime", "None"})
+
+
 def _explain_cancel(state: RunState, name: str) -> None:
-    """Slurm keeps a cancelled job's last pending reason ("Dependency") whoever cancelled it: only a failed parent
-    makes it a dependency failure; otherwise someone cancelled it."""
+    """Who cancelled a job? Slurm keeps a cancelled job's last pending reason (Dependency, and sometimes still the
+    JobHeldUser of our held submit in accounting) whoever cancelled it. A failed parent (or Slurm's own
+    DependencyNeverSatisfied) makes it a dependency failure; `pipeline cancel` marked its own; otherwise a user
+    cancelled it (scancel)."""
     current = state.stages[name].current
-    if current is None or current.state is not JobState.CANCELLED or current.reason != DEPENDENCY_FAILED:
+    if current is None or current.state is not JobState.CANCELLED or current.reason == CANCELLED_BY_US:
         return
     parents = [state.stages[p].state for p in state.stages[name].after if p in state.stages]
-    if not any(p.terminal and not p.ok for p in parents):
+    if any(p.terminal and not p.ok for p in parents):
+        current.reason = DEPENDENCY_FAILED
+    elif current.reason == DEPENDENCY_FAILED or current.reason in STALE_PENDING_REASONS:
         current.reason = CANCELLED_BY_USER
 
 

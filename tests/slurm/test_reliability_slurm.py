@@ -454,9 +454,10 @@ stages:
 """)
     run_cli("submit", str(path))
     run_dir = latest_run()
-    wait_state(run_dir, "slow", S.RUNNING)
-    wait_state(run_dir, "solo", S.RUNNING)
-    during = _status_lines(run_dir)
+    deadline = time.monotonic() + 60  # accounting learns of a start a moment after the controller: poll the CLI
+    while not all("RUNNING" in (during := _status_lines(run_dir))[n] for n in ("slow", "solo")):
+        assert time.monotonic() < deadline, during
+        time.sleep(0.3)
     assert "PENDING" in during["after_slow"] and _exit_column(during["after_slow"]) == ""
     assert "RUNNING" in during["slow"] and _exit_column(during["slow"]) == ""
     saved = state.Store(run_dir).read()
