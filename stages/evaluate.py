@@ -42,7 +42,8 @@ def load(model_dir: Path, args: argparse.Namespace, adapter: Path | None) -> Any
     from transformers import AutoModelForCausalLM
 
     dtype, where = placement(args.dtype)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, **dtype_kwargs(dtype), **where)
+    # Any: a transformers model, or the PeftModel wrapping it.
+    model: Any = AutoModelForCausalLM.from_pretrained(model_dir, **dtype_kwargs(dtype), **where)
     if adapter is not None:
         from peft import PeftModel
 

@@ -304,7 +304,8 @@ def export(adapter_dir: Path, tag: str, base_model: Path, base_model_id: str, ou
 
 def inspect(adapter_dir: Path, tag: str, mode: str) -> tuple[int, int]:
     """Count LoRA and base keys over all shards and compare with what `mode` must have saved."""
-    lora, base = set(), set()
+    lora: set[str] = set()
+    base: set[str] = set()
     for _, state in load_shards(shard_files(adapter_dir, tag)):
         for key in state:
             if key != "lora_config":

@@ -42,13 +42,14 @@ def shard(model: Any, qlora: bool = False, device: Any = None, cpu_offload: bool
         cpu_offload = False
     if qlora:
         return _shard_qlora(model, device, cpu_offload, len(layers))
-    from torch.distributed.fsdp import CPUOffloadPolicy, fully_shard
+    from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
 
     # Shard every decoder layer, then the root (embeddings, norm, head), as torchtune and the FSDP2 docs do.
-    extra = {"offload_policy": CPUOffloadPolicy()} if cpu_offload else {}
+    # OffloadPolicy() is fully_shard's own default (torch 2.13 fsdp/_fully_shard/_fully_shard.py): no offload.
+    policy = CPUOffloadPolicy() if cpu_offload else OffloadPolicy()
     for layer in layers:
-        fully_shard(layer, **extra)
-    fully_shard(model, **extra)
+        fully_shard(layer, offload_policy=policy)
+    fully_shard(model, offload_policy=policy)
     log(f"FSDP: {len(layers)} decoder layers sharded" + (", parameters offloaded to CPU" if cpu_offload else ""))
     return model
 
@@ -97,7 +98,10 @@ def _shard_qlora(model: Any, device: Any, cpu_offload: bool, n_layers: int) -> A
     # disable_input_dtype_casting), as here, for good.
     for module in model.modules():
         if isinstance(module, BaseTunerLayer):
-            module.cast_input_dtype_enabled = False
+            # Not declared on BaseTunerLayer: peft 0.21 tuners_utils.py _cast_input_dtype reads it with getattr(...,
+            # True), and helpers.py sets it on the instance as here.
+            layer: Any = module
+            layer.cast_input_dtype_enabled = False
     # Ranks other than local 0 hold meta tensors (RANK0_LOADING_ENV): materialise them empty on the device, keep
     # tied weights tied (accelerate's ensure_weights_retied), and let sync_module_states fill them from rank 0.
     init = ensure_weights_retied(lambda m: m.to_empty(device=device, recurse=False), model, device)
@@ -153,23 +157,23 @@ def _options(frozen_too: bool, full: bool = False, on_cpu: bool = False) -> Any:
 
 def save(path: Path, model: Any, optimizer: Any, frozen_too: bool) -> None:
     """Every rank writes its shard of the trainable parameters and optimizer state under path/dcp/."""
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
+    from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
     model_sd, optim_sd = get_state_dict(model, optimizer, options=_options(frozen_too))
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(path / DCP_DIR))
+    dcp_save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(path / DCP_DIR))
 
 
 def load(path: Path, model: Any, optimizer: Any, frozen_too: bool) -> None:
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 
     if not (path / DCP_DIR / ".metadata").is_file():
         raise StageError(f"{path}: no {DCP_DIR}/.metadata, so it was not written by an FSDP run",
                          "resume with the same fsdp setting the checkpoint was written with")
     model_sd, optim_sd = get_state_dict(model, optimizer, options=_options(frozen_too))
-    state = {"model": model_sd, "optim": optim_sd}
-    dcp.load(state, checkpoint_id=str(path / DCP_DIR))
+    state: dict[str, Any] = {"model": model_sd, "optim": optim_sd}  # filled in place by DCP
+    dcp_load(state, checkpoint_id=str(path / DCP_DIR))
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
                    options=_options(frozen_too))
 

@@ -17,7 +17,7 @@ SPECIALS = ["<unk>", "<s>", "</s>", "<pad>"]
 
 
 def corpus(dataset: Path) -> list[str]:
-    texts = []
+    texts: list[str] = []
     for line in dataset.read_text(encoding="utf-8").splitlines():
         if line.strip():
             row = json.loads(line)
