@@ -20,6 +20,7 @@ Modules = Annotated[list[str], Field(min_length=1)]
 # them in a pip run of their own before anything else (templates/_env.sh.j2 neuron_pip).
 NEURON_INDEX = "https://pip.repos.neuron.amazonaws.com"
 NEURON_SDK_2_28 = ["torch-neuronx==2.8.0.2.12.22436", "neuronx-cc==2.23.6484.0"]
+NXD_SDK_2_28 = "neuronx-distributed==0.17.26814"  # the NxD wheel of the same SDK release
 
 
 class Lora(Params):

@@ -18,6 +18,7 @@ from orchestrator.families import Params as Strict
 from orchestrator.families.common import (
     NEURON_INDEX,
     NEURON_SDK_2_28,
+    NXD_SDK_2_28,
     DownloadParams,
     EvaluateParams,
     InferenceParams,
@@ -60,7 +61,7 @@ PINS: dict[str, dict[str, Any]] = {
         "first": [*NEURON_SDK_2_28, "torchvision==0.23.0"],
         # The versions optimum-neuron[training]==0.4.5 requires (its METADATA: transformers~=4.57.1,
         # trl==0.24.0, peft==0.17.0), pinned exactly so every gen2 env resolves the same stack.
-        "then": ["neuronx-distributed==0.17.26814", "optimum-neuron[training]==0.4.5", "transformers==4.57.1",
+        "then": [NXD_SDK_2_28, "optimum-neuron[training]==0.4.5", "transformers==4.57.1",
                  "trl==0.24.0", "peft==0.17.0"],
     },
 }

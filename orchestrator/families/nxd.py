@@ -39,7 +39,7 @@ INSTANCES: dict[str, tuple[int, str]] = {
 PINS: dict[str, Any] = {
     "python": "python3.10",
     "first": common.NEURON_SDK_2_28,
-    "then": ["neuronx-distributed==0.17.26814", "transformers==4.48.0", "datasets<=3.6.0", "lightning==2.4.0",
+    "then": [common.NXD_SDK_2_28, "transformers==4.48.0", "datasets<=3.6.0", "lightning==2.4.0",
              "pytorch-lightning==2.4.0", "tensorboard", "regex", "sentencepiece", "tenacity", "s3transfer",
              "awscrt", "peft==0.14.0", "blobfile", "tiktoken", "nltk", "safetensors", "huggingface_hub<1.0"],
 }
