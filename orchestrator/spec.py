@@ -211,11 +211,14 @@ class Notify(Strict):
 
 
 class Tracking(Strict):
-    """Experiment tracking from the stage programs (stages/tracking.py): MLflow runs named <run id>/<stage>."""
+    """Experiment tracking from the stage programs (stages/tracking.py): MLflow runs named <run id>/<stage>,
+    TensorBoard event files or W&B offline runs under the run directory."""
 
-    backend: Literal["mlflow", "tensorboard", "off"] = "off"
+    backend: Literal["mlflow", "tensorboard", "wandb", "off"] = "off"
     uri: Word | None = Field(None, description="MLflow tracking server, e.g. http://mlflow.internal:5000")
     experiment: Word | None = Field(None, description="MLflow experiment; default: the pipeline's name")
+    project: Word | None = Field(None, description="W&B project; default: the pipeline's name")
+    entity: Word | None = Field(None, description="W&B entity (user or team) the offline run syncs to")
 
     @model_validator(mode="after")
     def _uri_for_mlflow(self) -> Tracking:
