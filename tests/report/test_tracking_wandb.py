@@ -159,3 +159,38 @@ def test_finetune_writes_a_wandb_offline_run_in_the_run_dir(write_spec, tiny, ke
     assert run_cli("status", run_dir.name, "--json") == 0
     assert json.loads(capsys.readouterr().out)["stages"]["train"]["tracking"] == hint
     assert not leaks(run_dir)
+
+
+@pytest.mark.slow
+def test_a_rerun_writes_a_second_offline_folder_of_the_same_wandb_run(write_spec, tmp_path, monkeypatch):
+    """Two attempts (the first fails at step 5, `pipeline rerun` continues 6-10): each attempt gets its own offline
+    folder carrying the same W&B run id, so `wandb sync` of both continues one run; the hint names the latest."""
+    from tests.report.conftest import TRAIN
+
+    site = wandb_site()
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    path = write_spec(f"""
+        name: wbre
+        tracking: {{backend: wandb}}
+        stages:
+          - {{name: train, kind: command, run: "{sys.executable} -c \\"{TRAIN}\\""}}
+    """)
+    assert run_cli("submit", str(path)) == 0
+    run_dir = latest_run()
+    wait_terminal(run_dir)
+    assert run_cli("rerun", run_dir.name) == 0
+    assert {s.value for s in wait_terminal(run_dir).values()} == {"COMPLETED"}
+    offline = sorted((run_dir / "wandb" / "train" / "wandb").glob("offline-run-*"))
+    assert len(offline) == 2, offline
+    sys.path.insert(0, str(site))
+    try:
+        runs = [records(next(folder.glob("run-*.wandb"))) for folder in offline]
+    finally:
+        sys.path.remove(str(site))
+    assert {of(found, "run")[0].run.run_id for found in runs} == {f"{run_dir.name}-train"}
+    assert [[items(r.history.item)["_step"] for r in of(found, "history")] for found in runs] == [
+        [1, 2, 3, 4, 5], [6, 7, 8, 9, 10]]
+    jobs = [a.job_id for a in Store(run_dir).read().stages["train"].attempts]
+    assert [items(of(found, "run")[0].run.config.update)["pipeline"]["pipeline.job_id"] for found in runs] == jobs
+    assert report.collect(run_dir).links == {"train": f"wandb sync {offline[-1]}"}
