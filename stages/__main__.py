@@ -8,7 +8,6 @@ import sys
 PROGRAMS = {
     "make-tiny": "stages.tiny",
     "download": "stages.download",
-    "prepare-data": "stages.data",
     "fetch-data": "stages.fetch_data",
     "finetune": "stages.finetune",
     "consolidate": "stages.consolidate",

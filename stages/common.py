@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 
 class StageError(Exception):
@@ -22,7 +22,13 @@ class StageError(Exception):
         self.hint = hint
 
 
-def entry(func: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
+class Main(Protocol):
+    """A stage program's main: argv defaults to sys.argv[1:] (argparse), so `main()` is a valid call."""
+
+    def __call__(self, argv: list[str] | None = None) -> int: ...
+
+
+def entry(func: Callable[[list[str] | None], int]) -> Main:
     """Wrap a main(): StageError -> 'error: ...' on stderr and exit code 2 (never a false success)."""
 
     @functools.wraps(func)

@@ -3,14 +3,13 @@ with real newlines (stages.md defect 19), split deterministically, tokenized wit
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from stages.common import StageError, entry, log, write_json
+from stages.common import StageError, log
 
 DOLLY_FIELDS = ("instruction", "response")
 
@@ -112,7 +111,11 @@ def to_examples(rows: list[dict[str, Any]], fmt: str, tokenizer: Any) -> list[Ex
     return [chat_example(dolly_messages(r) if fmt == "dolly" else r["messages"], tokenizer) for r in rows]
 
 
-def split(examples: list[Example], eval_fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+T = TypeVar("T")
+
+
+def split(examples: list[T], eval_fraction: float, seed: int) -> tuple[list[T], list[T]]:
+    """The one train/held-out split of the project: Examples here, raw rows in nxd-data, the same indices."""
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
     n_eval = max(1, int(round(len(examples) * eval_fraction))) if len(examples) > 1 else 0
@@ -164,18 +167,3 @@ def pad(examples: list[Example], tokenizer: Any, seq_len: int) -> list[Chunk]:
     chunks = [tokens(e, tokenizer) for e in examples]
     return [(ids[:seq_len], labels[:seq_len]) for ids, labels in chunks if any(x != -100 for x in labels[:seq_len])]
 
-
-@entry
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stages prepare-data", description="validate and summarise")
-    parser.add_argument("--data", required=True, type=Path)
-    parser.add_argument("--format", choices=["dolly", "chat"], default="dolly")
-    parser.add_argument("--report", type=Path)
-    args = parser.parse_args(argv)
-    rows = read_jsonl(args.data)
-    validate(args.data, rows, args.format)
-    summary = {"rows": len(rows), "format": args.format, "file": str(args.data)}
-    print(json.dumps(summary))
-    if args.report:
-        write_json(args.report, summary)
-    return 0

@@ -122,7 +122,8 @@ def load_model(args: argparse.Namespace, dist: Dist) -> tuple[Any, Any]:
         kwargs["quantization_config"] = sharding.qlora_config(dtype, sharded=args.fsdp)
         if args.fsdp:  # read by from_pretrained: on GPUs only local rank 0 keeps the weights
             os.environ.update(sharding.rank0_loading_env(dist.cuda))
-    model = AutoModelForCausalLM.from_pretrained(args.model, **kwargs)
+    # Any: a transformers model, or the PeftModel wrapping it below.
+    model: Any = AutoModelForCausalLM.from_pretrained(args.model, **kwargs)
     if args.method in ("lora", "qlora"):
         from peft import LoraConfig, get_peft_model
 

@@ -89,10 +89,10 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 def split_rows(rows: list[dict[str, Any]], eval_fraction: float, seed: int) -> list[dict[str, Any]]:
     """The training rows: stages.data.split, the same split the evaluate stage makes of --chat-data (same rows,
     same order, same fraction and seed), so the held-out rows are never trained on."""
-    train, _ = datalib.split(rows, eval_fraction, seed)  # type: ignore[arg-type]  # index-based: any row type
+    train, _ = datalib.split(rows, eval_fraction, seed)
     if not train:
         raise StageError(f"no training rows left after holding out {eval_fraction:.0%} for evaluation")
-    return list(train)  # type: ignore[arg-type]
+    return train
 
 
 def chat_text(tokenizer: Any, row: dict[str, Any], system_prompt: str) -> str:
