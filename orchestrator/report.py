@@ -267,12 +267,19 @@ def write(run_dir: Path, out: Path) -> tuple[Path, Path]:
     return page, png
 
 
+def _link(target: str) -> str:
+    """A tracker's web address as a link; anything else (W&B offline: `wandb sync <dir>`) as code to copy."""
+    e = html.escape
+    if target.startswith(("http://", "https://")):
+        return f'<a href="{e(target)}">{e(target)}</a>'
+    return f"<code>{e(target)}</code>"
+
+
 def to_html(rep: Report, svg: str) -> str:
     e = html.escape
     states = " ".join(f'<span class="st {e(v)}">{e(k)}: {e(v)}</span>' for k, v in rep.states.items())
     notes = "".join(f"<p class=note>{e(n)}</p>" for n in rep.notes)
-    notes += "".join(f'<p>{e(stage)} in the experiment tracker: <a href="{e(url)}">{e(url)}</a></p>'
-                     for stage, url in rep.links.items())
+    notes += "".join(f"<p>{e(stage)} in the experiment tracker: {_link(url)}</p>" for stage, url in rep.links.items())
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>pipeline report {e(rep.run_id)}</title>
 <style>{CSS}</style></head><body>

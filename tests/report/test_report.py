@@ -75,3 +75,12 @@ def test_several_evaluate_reports_one_row_each_and_the_best_marked(tmp_path):
     assert [name for name, _ in found] == ["evaluate-r16", "evaluate-r32", "evaluate-r8"]
     rows = report.eval_table(found).split("<tr")[2:]
     assert [("(best)" in row) for row in rows] == [True, False, False]
+
+
+def test_tracker_link_is_a_link_only_for_web_addresses() -> None:
+    """An MLflow URL becomes a link; W&B offline's `wandb sync <dir>` hint is shown as code, not a dead link."""
+    from orchestrator.report import _link
+
+    assert _link("http://mlflow:5000/#/runs/1") == '<a href="http://mlflow:5000/#/runs/1">http://mlflow:5000/#/runs/1</a>'
+    assert _link("wandb sync /runs/r/wandb/ft") == "<code>wandb sync /runs/r/wandb/ft</code>"
+    assert "<a" not in _link('wandb sync "/x<y>"') and "&lt;y&gt;" in _link('wandb sync "/x<y>"')
