@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+from collections.abc import Collection
 from pathlib import Path
 
 from orchestrator import dag
@@ -17,6 +18,7 @@ from orchestrator import state as statelib
 from orchestrator.errors import PipelineError
 from orchestrator.plan import Plan
 from orchestrator.scheduler import Scheduler, SubmitRequest
+from orchestrator.scheduler.slurm import ACCOUNTED_AS
 from orchestrator.spec import Spec
 from orchestrator.state import Attempt, RunPaths, RunState, StageState, Store
 from orchestrator.states import JobState
@@ -156,6 +158,37 @@ def resume(store: Store, plan: Plan, scheduler: Scheduler) -> list[str]:
     held = [s.current.job_id for s in store.read().stages.values()
             if s.current and s.state is JobState.PENDING and s.current.job_id not in new_ids]
     scheduler.release(held)  # jobs a killed submit left held (releasing a non-held pending job is harmless)
+    return notes + release_holds(store, scheduler, skip=set(new_ids) | set(held))
+
+
+def release_holds(store: Store, scheduler: Scheduler, skip: Collection[str] = ()) -> list[str]:
+    """Release the holds Slurm (or someone) put on this run's own jobs, the current job of each stage and nothing
+    else: after slurmctld is killed and restarted, a running job comes back "launch failed requeued held" and
+    the chain stalls until someone looks (issue 13 item 4); `scontrol hold` does the same by hand. Each job is
+    checked with repair() first, as resume does, so a job that cannot run is never released. One line per job."""
+    state = store.read()
+    mine = {s.current.job_id: n for n, s in state.stages.items()
+            if s.current is not None and s.current.job_id not in skip}
+    try:
+        found = scheduler.query(list(mine)) if mine else {}
+    except PipelineError:
+        return []  # the scheduler cannot say what is held; resume/rerun still did the rest
+    notes, release = [], []
+    for job_id, info in found.items():
+        if job_id not in mine or info.state is not JobState.HELD:
+            continue
+        if info.extra.get(ACCOUNTED_AS) == "COMPLETED":  # a controller's older state: releasing runs it twice
+            notes.append(f"stage {mine[job_id]}: job {job_id} is held but accounting says it COMPLETED: not "
+                         f"released; `scancel {job_id}` drops the stale copy, `scontrol release {job_id}` runs it again")
+            continue
+        runnable, why = scheduler.repair(store.paths.root, mine[job_id], job_id)
+        if not runnable:
+            notes.append(f"stage {mine[job_id]}: job {job_id} is held and cannot run ({why}); "
+                         f"pipeline submit --resume {state.run_id} replaces it")
+            continue
+        release.append(job_id)
+        notes.append(f"stage {mine[job_id]}: released job {job_id} (held: {info.reason or 'held'})")
+    scheduler.release(release)
     return notes
 
 
@@ -198,7 +231,15 @@ def select_rerun(state: RunState, plan: Plan, stage: str | None, from_stage: str
 
 
 def rerun(store: Store, plan: Plan, scheduler: Scheduler, stage: str | None = None,
-          from_stage: str | None = None) -> dict[str, str]:
+          from_stage: str | None = None, notes: list[str] | None = None) -> dict[str, str]:
+    """Resubmit the selected stages; first release holds on the run's own jobs (their lines go to `notes`)."""
+    released = release_holds(store, scheduler)
+    if notes is not None:
+        notes += released
+    if released:
+        from orchestrator import status  # late: status imports scheduler plumbing
+
+        status.refresh([store.paths.root], {status.group_key(store.read(), store.paths.root): scheduler})
     state = store.read()
     if adopt_orphans(store, scheduler):
         from orchestrator import status  # late: status imports scheduler plumbing
@@ -206,12 +247,13 @@ def rerun(store: Store, plan: Plan, scheduler: Scheduler, stage: str | None = No
         status.refresh([store.paths.root], {status.group_key(state, store.paths.root): scheduler})
         state = store.read()
     names = select_rerun(state, plan, stage, from_stage)
+    done = "".join(f"; {line}" for line in released)  # said even when nothing is resubmitted
     if not names:
-        raise PipelineError(f"run {state.run_id} has nothing to rerun: no stage failed",
+        raise PipelineError(f"run {state.run_id} has nothing to rerun: no stage failed{done}",
                             "name one with --stage S or --from S")
     busy = [n for n in names if state.stages[n].state.active]
     if busy:
-        raise PipelineError(f"stage(s) {', '.join(sorted(busy))} are still queued or running",
+        raise PipelineError(f"stage(s) {', '.join(sorted(busy))} are still queued or running{done}",
                             f"wait, or cancel first: pipeline cancel {state.run_id} --stage {sorted(busy)[0]}")
     ids = submit_stages(store, plan, scheduler, names)
     return dict(zip([n for n in dag.topological(plan.parents()) if n in names], ids))

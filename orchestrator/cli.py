@@ -219,7 +219,10 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     store, saved, scheduler = load_run(args.run)
     with store.changing():  # a second rerun waits here, then sees the stage active and refuses
         status.refresh([store.paths.root])
-        submitted = apply.rerun(store, saved, scheduler, args.stage, getattr(args, "from"))
+        released: list[str] = []
+        submitted = apply.rerun(store, saved, scheduler, args.stage, getattr(args, "from"), released)
+    for line in released:  # holds released on the run's own jobs (issue 13 item 4)
+        print(line, file=sys.stderr)
     for name, job_id in submitted.items():
         print(f"{name}: {job_id}")
     if args.wait:

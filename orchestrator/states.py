@@ -8,6 +8,7 @@ from enum import Enum
 class JobState(str, Enum):
     NOT_SUBMITTED = "NOT_SUBMITTED"  # planned, no job yet (a submission that stopped midway)
     PENDING = "PENDING"
+    HELD = "HELD"  # pending but held (scontrol hold, "launch failed requeued held"): never starts until released
     RUNNING = "RUNNING"
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
@@ -25,7 +26,7 @@ class JobState(str, Enum):
     @property
     def active(self) -> bool:
         """Queued or running: a job that may still change and must not be resubmitted."""
-        return self in (JobState.PENDING, JobState.RUNNING)
+        return self in (JobState.PENDING, JobState.HELD, JobState.RUNNING)
 
     @property
     def ok(self) -> bool:
@@ -66,6 +67,19 @@ SLURM_STATES: dict[str, JobState] = {
     "OUT_OF_MEMORY": JobState.OUT_OF_MEMORY,
     "PREEMPTED": JobState.PREEMPTED,
 }
+
+
+# Pending reasons of a held job (slurm_protocol_defs.c job_state_reason_string: WAIT_HELD "JobHeldAdmin",
+# WAIT_HELD_USER "JobHeldUser"; job_mgr.c sets the state_desc "launch failed requeued held" when a batch launch
+# fails after a controller restart and the job is requeued held). REQUEUE_HOLD is the state of `scontrol requeuehold`.
+HELD_REASONS = frozenset({"JobHeldAdmin", "JobHeldUser", "launch failed requeued held"})
+
+
+def is_held(state: JobState, raw: str, reason: str | None) -> bool:
+    """A pending job that will not start until someone releases it (scontrol release)."""
+    word = raw.strip().split(" ")[0].rstrip("+").upper()
+    return state is JobState.PENDING and (word == "REQUEUE_HOLD" or reason in HELD_REASONS
+                                          or "held" in (reason or "").lower())  # "job requeued in held state"
 
 
 def from_slurm(raw: str) -> JobState:

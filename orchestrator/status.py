@@ -1,8 +1,9 @@
 """Status: refresh the state of many runs with one batched scheduler query, and build the view.
 
-Stages already terminal in the state file are never queried again; all other jobs of all runs shown go
-into one sacct call (one squeue without accounting): the polling pattern that does not overload
-slurmctld/slurmdbd (sacct(1) and squeue(1) PERFORMANCE sections; submitit#1759, Snakemake-Profiles/slurm#81).
+Stages that ended more than RECHECK_S ago are never queried again; all other jobs of all runs shown go
+into one sacct call and one squeue call for the same ids (squeue alone without accounting): the polling pattern
+that does not overload slurmctld/slurmdbd (sacct(1) and squeue(1) PERFORMANCE sections; submitit#1759,
+Snakemake-Profiles/slurm#81). Asking both lets status say when they disagree (issue 13 item 4).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from orchestrator.errors import SchedulerError, StateError
 from orchestrator.scheduler import AccountingUnavailable, JobInfo, Scheduler
+from orchestrator.scheduler.slurm import CONTROLLER_DOWN, DISAGREEMENT, NODE_PROBLEM
 from orchestrator.spec import ClusterProfile
 from orchestrator.state import Attempt, RunPaths, RunState, Store
 from orchestrator.states import JobState
@@ -44,6 +46,21 @@ def pending_ids(state: RunState) -> list[str]:
     return [s.current.job_id for s in state.stages.values() if s.current is not None and not s.state.terminal]
 
 
+RECHECK_S = 900.0  # how long after its end a finished job is still asked about (a controller crash can revive it)
+
+
+def recent_ids(state: RunState, now: datetime | None = None) -> list[str]:
+    """Jobs that ended in the last RECHECK_S: a slurmctld killed -9 reloads its last state save and may run such a
+    job again (issue 13 item 4). Older ones are never queried again, so status of many old runs stays cheap."""
+    now = now or datetime.now(timezone.utc)
+    ids = []
+    for stage in state.stages.values():
+        end = parse_time(stage.current.end) if stage.current is not None and stage.state.terminal else None
+        if stage.current is not None and end is not None and (now - end).total_seconds() < RECHECK_S:
+            ids.append(stage.current.job_id)
+    return ids
+
+
 def refresh(run_dirs: list[Path], schedulers: dict[str, Scheduler] | None = None) -> list[RunView]:
     """Read each run, query every non-terminal job in one call per scheduler, persist what changed."""
     views = [RunView(d, Store(d).read()) for d in run_dirs]
@@ -53,7 +70,8 @@ def refresh(run_dirs: list[Path], schedulers: dict[str, Scheduler] | None = None
     for key, members in groups.items():
         ids = [j for v in members for j in pending_ids(v.state)]
         if not ids:
-            continue
+            continue  # nothing live: finished jobs alone are not worth a query
+        ids += [j for v in members for j in recent_ids(v.state)]
         scheduler = (schedulers or {}).get(key) or scheduler_for(members[0].run_dir)
         degraded = False
         try:
@@ -66,9 +84,28 @@ def refresh(run_dirs: list[Path], schedulers: dict[str, Scheduler] | None = None
             found = None
             for view in members:
                 view.warning = f"scheduler query failed ({exc.message}); states below may be stale"
+        down = next((i.extra[CONTROLLER_DOWN] for i in (found or {}).values() if CONTROLLER_DOWN in i.extra), None)
         for view in members:
+            if down is not None:
+                view.warning = (f"the controller (slurmctld) did not answer ({down}); states come from accounting "
+                                "alone and cannot be checked against it")
             _apply(view, found, degraded)
+            _warn_disputes(view)
     return views
+
+
+DISPUTED = "sources disagree"
+
+
+def _warn_disputes(view: RunView) -> None:
+    """One warning line per run when accounting and the controller disagree about any of its jobs."""
+    names = [n for n, s in view.state.stages.items() if s.current and DISPUTED in (s.current.reason or "")]
+    if not names:
+        return
+    line = (f"accounting and the controller disagree about stage(s) {', '.join(names)} (see NOTE); shown as the "
+            "controller says. slurmctld may have restarted from an older state save: check squeue, sacct and "
+            "the slurmctld log")
+    view.warning = f"{view.warning}; {line}" if view.warning else line
 
 
 def _group_key(view: RunView) -> str:
@@ -87,7 +124,12 @@ def _apply(view: RunView, found: dict[str, JobInfo] | None, degraded: bool = Fal
     updates: dict[str, Attempt] = {}
     for name, stage in view.state.stages.items():
         current = stage.current
-        if current is None or stage.state.terminal:
+        if current is None:
+            continue
+        if stage.state.terminal:
+            revived = (found or {}).get(current.job_id)
+            if revived is not None and revived.state.active:  # a controller restart runs it again: say so
+                stage.attempts[-1] = updates[name] = _merge(current, revived, None)
             continue
         if found is None:
             current.state, current.reason = JobState.UNKNOWN, "scheduler query failed"
@@ -130,6 +172,12 @@ def _merge(attempt: Attempt, info: JobInfo | None, record: dict[str, Any] | None
             new.reason = _timeout_reason(new.exit_code)
         if attempt.reason in (CANCEL_REQUESTED, CANCELLED_BY_US):
             new.reason = CANCELLED_BY_US if info.state is JobState.CANCELLED else CANCEL_REQUESTED
+        if info.state is JobState.HELD:
+            new.reason = (f"held by Slurm ({info.reason or 'held'}); release it: scontrol release {attempt.job_id} "
+                          "(or pipeline submit --resume RUN)")
+        new.reason = _joined(new.reason, *(info.extra.get(k) for k in (NODE_PROBLEM, DISAGREEMENT)))
+        if DISAGREEMENT in info.extra:
+            new.reason = f"{DISPUTED}: {new.reason}"
         return new
     # The scheduler knows nothing (no accounting and aged out of squeue, or purged): trust the job's own record.
     if record is None:
@@ -147,6 +195,10 @@ def _merge(attempt: Attempt, info: JobInfo | None, record: dict[str, Any] | None
         new.start, new.nodes = record.get("start") or new.start, record.get("nodes") or record.get("host")
         new.restarts = max(new.restarts, int(record.get("restarts", 0)))
     return new
+
+
+def _joined(*parts: str | None) -> str | None:
+    return "; ".join(p for p in parts if p) or None
 
 
 def restart_note(attempt: Attempt) -> str:

@@ -17,6 +17,7 @@ class FakeScheduler:
     requests: dict[str, SubmitRequest] = field(default_factory=dict)
     held: set[str] = field(default_factory=set)
     cancelled: list[str] = field(default_factory=list)
+    released: list[str] = field(default_factory=list)
     query_calls: int = 0
     fail_submit_of: str | None = None  # stage name whose submission is refused
     fail_query: bool = False
@@ -36,6 +37,10 @@ class FakeScheduler:
 
     def release(self, job_ids: Sequence[str]) -> None:
         self.held.difference_update(job_ids)
+        self.released.extend(job_ids)
+        for job_id in job_ids:  # a held job (JobState.HELD, scripted by a test) waits on its dependencies again
+            if job_id in self.jobs and self.jobs[job_id].state is JobState.HELD:
+                self.jobs[job_id] = JobInfo(JobState.PENDING, reason="Dependency")
 
     def query(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
         self.query_calls += 1

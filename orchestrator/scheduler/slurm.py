@@ -24,7 +24,7 @@ from orchestrator.scheduler import AccountingUnavailable, JobInfo, SubmitRequest
 from orchestrator.secrets import job_env
 from orchestrator.spec import ClusterProfile
 from orchestrator.state import faultpoint
-from orchestrator.states import JobState, from_slurm
+from orchestrator.states import JobState, from_slurm, is_held
 
 # Restarts is not a sacct field on 22.05; the restart count comes from the job-written records.
 SACCT_FIELDS = "JobIDRaw,State,ExitCode,NodeList,Start,End,Reason"
@@ -159,20 +159,29 @@ class SlurmScheduler:
                 # records know how finished ones ended. UNKNOWN for all would stop rerun and mislead cancel.
                 raise AccountingUnavailable(self._squeue(job_ids), _first_error(exc.message)) from None
             if found is not None:
-                # Ask the controller about jobs slurmdbd does not know yet (it learns of them a moment later)
-                # and about NODE_FAIL/PREEMPTED ones: with --requeue such a job is back in the queue, pending
-                # with a BeginTime, while accounting still shows the failed run.
-                recheck = [j for j in job_ids if j not in found or found[j].state in REQUEUABLE
-                           or found[j].extra.get("raw_state", "").startswith("REQUEUE")]
-                if not recheck:
-                    return found
-                live = self._squeue(recheck)
-                return {**found, **{j: _requeued(found.get(j), info) for j, info in live.items()
-                                    if not info.state.terminal or j not in found}}
+                # One squeue for the same ids: the controller knows jobs slurmdbd has not heard of yet, requeued
+                # ones (NODE_FAIL/PREEMPTED in accounting, pending again with --requeue), holds, and a job that a
+                # controller restarted from an older state save runs again (issue 13 item 4).
+                try:
+                    live = self._squeue(job_ids)
+                except SchedulerError as exc:  # slurmctld down (killed, restarting): accounting still answers
+                    return {j: dataclasses.replace(i, extra={**i.extra, CONTROLLER_DOWN: _first_error(exc.message)})
+                            for j, i in found.items()}
+                return self._with_node_problems(combine(job_ids, found, live))
             if self.cluster.accounting == "on":
                 raise AccountingUnavailable(self._squeue(job_ids), "accounting storage is disabled in slurm.conf "
                                             "although the cluster profile says accounting: on")
-        return self._squeue(job_ids)
+        return self._with_node_problems(self._squeue(job_ids))
+
+    def _with_node_problems(self, found: dict[str, JobInfo]) -> dict[str, JobInfo]:
+        """Name the drained/down node a held, stuck or disputed job is on or waits for, with Slurm's reason: one
+        sinfo call, made only when such a job exists (a chain waiting on its dependencies costs nothing)."""
+        if not any(_may_need_a_node(info) for info in found.values()):
+            return found
+        self.query_calls += 1
+        out = proc.run(["sinfo", "-h", "-N", "-o", "%N|%T|%E"], timeout=QUERY_TIMEOUT_S, check=False)
+        bad = parse_bad_nodes(out.stdout) if out.returncode == 0 else {}
+        return {j: _note_nodes(info, bad) if _may_need_a_node(info) else info for j, info in found.items()}
 
     def _sacct(self, job_ids: Sequence[str]) -> dict[str, JobInfo] | None:
         # -X: allocations only (no .batch/.extern steps); -j implies an Epoch start time, so no midnight
@@ -276,10 +285,114 @@ def parse_squeue(text: str) -> dict[str, JobInfo]:
         parts = line.split("|")
         if len(parts) < 5:
             continue
-        job_id, state, reason, nodes, start = parts[:5]
-        result[job_id] = JobInfo(state=from_slurm(state), nodes=nodes or None, start=_time(start),
-                                 reason=None if reason in ("", "None") else reason)
+        job_id, raw, reason, nodes, start = parts[:5]
+        why = None if reason in ("", "None") else reason
+        state = JobState.HELD if is_held(from_slurm(raw), raw, why) else from_slurm(raw)
+        result[job_id] = JobInfo(state=state, nodes=nodes or None, start=_time(start), reason=why,
+                                 extra={"raw_state": raw, "source": "controller"})
     return result
+
+
+DISAGREEMENT = "disagreement"  # JobInfo.extra key: accounting and the controller tell different stories
+NODE_PROBLEM = "node_problem"  # JobInfo.extra key: the drained/down node the job is on or waits for
+CONTROLLER_DOWN = "controller_down"  # JobInfo.extra key: squeue failed; this answer is accounting's alone
+BAD_NODE_STATES = ("drain", "down", "fail", "maint", "not_responding")  # not "unknown": every node is, briefly,
+# right after a controller restart until its slurmd registers again
+ACCOUNTED_AS = "accounted_as"  # JobInfo.extra key of a disputed job: the state accounting gives it
+
+
+def combine(job_ids: Sequence[str], accounted: dict[str, JobInfo], live: dict[str, JobInfo]) -> dict[str, JobInfo]:
+    """Accounting (sacct -D) and the controller (squeue) for the same ids, each job's one answer.
+
+    The controller is the present for a job it lists as pending, held or running: its state and reason win, with
+    accounting's restart history. Where accounting says the job ended (not a requeue) but the controller runs or
+    queues it again, or accounting says it is live but the controller has no such job, the answer carries a
+    DISAGREEMENT note instead of silently trusting one: after `kill -9` of slurmctld it reloads its last state save
+    and can run a finished job again or lose a newer one (slurm.conf StateSaveLocation; issue 13 item 4). A job the
+    controller shows ending (COMPLETING, or ended) while accounting still says running is slurmdbd catching up
+    (it is updated asynchronously): accounting's answer stands until it has the exit code."""
+    result: dict[str, JobInfo] = {}
+    for job_id in job_ids:
+        acct, ctld = accounted.get(job_id), live.get(job_id)
+        if ctld is None or acct is None:
+            info = acct or ctld
+            if info is not None:
+                result[job_id] = _lost(info) if ctld is None and info.state.active else info
+            continue
+        if ctld.state.terminal or ctld.extra.get("raw_state", "").startswith("COMPLETING"):
+            result[job_id] = acct
+        elif acct.state in REQUEUABLE or acct.extra.get("raw_state", "").startswith("REQUEUE"):
+            result[job_id] = _requeued(acct, ctld)
+        elif acct.state.terminal:
+            again = dataclasses.replace(ctld, restarts=acct.restarts, history=acct.history)
+            result[job_id] = _disputed(again, f"accounting says {_raw(acct)}" + (f" (ended {acct.end})" if acct.end
+                                       else "") + f" but the controller shows it {ctld.state.value} again", acct)
+        else:
+            now = dataclasses.replace(ctld, restarts=acct.restarts, history=acct.history,
+                                      nodes=ctld.nodes or acct.nodes, start=ctld.start or acct.start)
+            # A job goes back from running to pending only through a requeue, which accounting would show.
+            backwards = acct.state is JobState.RUNNING and ctld.state is not JobState.RUNNING
+            result[job_id] = _disputed(now, f"accounting says RUNNING but the controller shows it "
+                                       f"{ctld.state.value}") if backwards else now
+    return result
+
+
+def _lost(acct: JobInfo) -> JobInfo:
+    return _disputed(acct, f"accounting says {_raw(acct)} but the controller has no such job (lost in a controller "
+                           "restart?); `sacctmgr show runawayjobs` lists and fixes such records")
+
+
+def _disputed(info: JobInfo, why: str, accounted: JobInfo | None = None) -> JobInfo:
+    extra = {**info.extra, DISAGREEMENT: why}
+    if accounted is not None:
+        extra[ACCOUNTED_AS] = _raw(accounted)
+    return dataclasses.replace(info, extra=extra)
+
+
+def _raw(info: JobInfo) -> str:
+    return info.extra.get("raw_state", info.state.value).split(" ")[0].rstrip("+")
+
+
+def _may_need_a_node(info: JobInfo) -> bool:
+    """Held, disputed, or pending for a reason other than its dependencies or its place in the queue."""
+    if info.state is JobState.HELD or DISAGREEMENT in info.extra:
+        return True
+    return info.state is JobState.PENDING and info.reason not in (None, "Dependency", "Priority", "BeginTime")
+
+
+def parse_bad_nodes(text: str) -> dict[str, str]:
+    """`sinfo -h -N -o %N|%T|%E` rows of drained/down nodes: node -> 'drained: Duplicate jobid'."""
+    bad: dict[str, str] = {}
+    for line in text.splitlines():
+        node, _, rest = line.partition("|")
+        state, _, reason = rest.partition("|")
+        if node and any(word in state.lower() for word in BAD_NODE_STATES):
+            bad[node] = state.rstrip("*~#$@+") + (f": {reason}" if reason and reason != "none" else "")
+    return bad
+
+
+def _note_nodes(info: JobInfo, bad: dict[str, str]) -> JobInfo:
+    """The bad nodes the job is on (or last ran on); for a job with none, every bad node it may be waiting for."""
+    mine = [n for n in expand_nodes(info.nodes or "") if n in bad]
+    named = mine or ([] if info.nodes and info.state is not JobState.PENDING else sorted(bad))
+    if not named:
+        return info
+    note = "; ".join(f"node {n} {bad[n]} (an admin's fix: scontrol update nodename={n} state=resume)" for n in named)
+    return dataclasses.replace(info, extra={**info.extra, NODE_PROBLEM: note})
+
+
+def expand_nodes(nodelist: str) -> list[str]:
+    """'dev[1-3,5],gpu7' -> dev1 dev2 dev3 dev5 gpu7 (Slurm hostlist syntax, one bracket level)."""
+    names: list[str] = []
+    for prefix, ranges, plain in re.findall(r"([^,\[]+)\[([^\]]+)\]|([^,\[\]]+)", nodelist):
+        if plain:
+            names.append(plain)
+            continue
+        for part in ranges.split(","):
+            lo, _, hi = part.partition("-")
+            width = len(lo)
+            names += [f"{prefix}{i:0{width}d}" for i in range(int(lo), int(hi or lo) + 1)] if lo.isdigit() else []
+    return names
 
 
 @dataclass(frozen=True)

@@ -137,7 +137,7 @@ def test_one_batched_query_for_many_runs(slurm_cluster, write_spec):
         time.sleep(0.5)
     scheduler = SlurmScheduler(None, ClusterProfile(name="dev"))
     views = status.refresh(runs, {"slurm:auto": scheduler})
-    assert scheduler.query_calls == 1  # one sacct for the 6 jobs of 3 runs
+    assert scheduler.query_calls == 2  # one sacct + one squeue (accounting vs controller, issue 13 item 4) for 6 jobs
     assert all(v.state.stages["a"].state in (S.PENDING, S.RUNNING) for v in views)
     for run_dir in runs:
         run_cli("cancel", run_dir.name)
