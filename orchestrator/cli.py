@@ -176,6 +176,9 @@ def _table(view: status.RunView) -> str:
         done = status.progress_note(status.progress(RunPaths(view.run_dir), name, cur))
         if done:  # how far the program got: while it runs, after it ends, and where a failed one stopped
             note = f"{note}; reached {done}" if note else done
+        link = status.tracking_link(RunPaths(view.run_dir), name, cur)
+        if link:
+            note = f"{note}; tracker: {link}" if note else f"tracker: {link}"
         if stage.state.terminal and not stage.state.ok and stage.state is not JobState.CANCELLED:
             note = (note + f"; see: pipeline logs {st.run_id} {name}").lstrip("; ")
         restarted = status.restart_note(cur)

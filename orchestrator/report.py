@@ -356,5 +356,5 @@ def _size(value: int | None) -> str:
 
 
 def is_failure(state: str) -> bool:
-    return state not in (JobState.COMPLETED.value, JobState.RUNNING.value, JobState.PENDING.value, "requeued",
-                         "pending")
+    return state not in (JobState.COMPLETED.value, JobState.RUNNING.value, JobState.PENDING.value,
+                         JobState.HELD.value, "requeued", "pending")

@@ -149,6 +149,9 @@ class ClusterProfile(Strict):
     defaults: Resources = Field(default_factory=Resources)
     env: dict[Annotated[str, Field(pattern=ENV_NAME_RE)], str] = Field(default_factory=dict)
     remote: Remote | None = Field(None, description="submit from a laptop: run pipeline on this head node")
+    node_hour_price: dict[Word, Annotated[float, Field(gt=0)]] = Field(
+        default_factory=dict, description="price of one node-hour by instance type (key `default`: any other), "
+                                          "for the cost column of `pipeline report`")
     instance_type: Word | None = Field(None, description="worker instance type, e.g. p5.48xlarge: its accelerators "
                                                          "and their memory for the memory check at validate")
     accelerator: memfit.Accelerator | None = Field(None, description="the nodes' GPUs/NeuronCores (overrides "
@@ -161,9 +164,6 @@ class ClusterProfile(Strict):
             raise ValueError(f"unknown instance type {value!r} (known: {', '.join(memfit.INSTANCE_TYPES)}); "
                              "describe its devices with `accelerator: {kind, name, per_node, memory_gib}`")
         return value
-    node_hour_price: dict[Word, Annotated[float, Field(gt=0)]] = Field(
-        default_factory=dict, description="price of one node-hour by instance type (key `default`: any other), "
-                                          "for the cost column of `pipeline report`")
 
 
 LOCAL_CLUSTER = ClusterProfile(name="local", scheduler="local")

@@ -158,6 +158,8 @@ def test_finetune_writes_a_wandb_offline_run_in_the_run_dir(write_spec, tiny, ke
     capsys.readouterr()
     assert run_cli("status", run_dir.name, "--json") == 0
     assert json.loads(capsys.readouterr().out)["stages"]["train"]["tracking"] == hint
+    assert run_cli("status", run_dir.name) == 0  # the table's NOTE says where the tracker has the stage
+    assert f"tracker: {hint}" in capsys.readouterr().out
     assert not leaks(run_dir)
 
 
