@@ -1,4 +1,8 @@
-"""Issue 13 item 4 on the real test cluster: slurmctld killed -9 mid-chain and restarted from an older state save."""
+"""Issue 13 item 4 on the real test cluster: slurmctld killed -9 mid-chain and restarted from an older state save.
+
+The file name sorts last among the Slurm tests on purpose: reloading an older state save rewinds the session
+cluster's job ids, so a job submitted afterwards can share an id with an earlier one in accounting. No Slurm test
+runs after this one (pytest collects files in path order; tests/stages and tests/unit never use the cluster)."""
 
 from __future__ import annotations
 
