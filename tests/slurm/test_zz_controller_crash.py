@@ -135,7 +135,8 @@ stages:
         assert not _squeue(job.job_id).startswith("PENDING|JobHeld")
     finally:
         subprocess.run(["scontrol", "update", f"nodename={host}", "state=resume"], check=True)
-    done = _wait_line(held_dir, "t", (" COMPLETED ",), timeout=40)
+    # released, the requeued job first waits out its BeginTime (the cluster's cred_expire, 30 s), then runs 8 s
+    done = _wait_line(held_dir, "t", (" COMPLETED ",), timeout=120)
     scheduler = SlurmScheduler(None, ClusterProfile(name="dev"))
     status.refresh([run_dir], {"slurm:auto": scheduler})
     calls_live = scheduler.query_calls
