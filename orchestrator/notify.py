@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from orchestrator import dag
 from orchestrator import secrets as secretlib
 from orchestrator.errors import PipelineError
 from orchestrator.spec import Notify, NotifyEvent, SecretRef
@@ -114,19 +115,10 @@ def run_outcome(paths: RunPaths) -> bool | None:
         record = _last_record(paths, name, st["attempts"][-1]["job_id"])
         ended[name] = record.get("exit_code") if record and record.get("end") else None
     failed = {n for n, code in ended.items() if code not in (None, 0)}
-    doomed = _downstream(stages, failed)
+    doomed = dag.downstream({n: st["after"] for n, st in stages.items()}, failed)  # the failed ones included
     if any(code is None and name not in doomed for name, code in ended.items()):
         return None
     return not failed
-
-
-def _downstream(stages: dict[str, Any], roots: set[str]) -> set[str]:
-    found: set[str] = set()
-    frontier = set(roots)
-    while frontier:
-        frontier = {n for n, st in stages.items() if set(st["after"]) & frontier and n not in found}
-        found |= frontier
-    return found
 
 
 def _last_record(paths: RunPaths, stage: str, job_id: str) -> dict[str, Any] | None:
