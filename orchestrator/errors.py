@@ -28,6 +28,14 @@ class StateError(PipelineError):
     """The run directory or state file is missing, locked too long, or unreadable."""
 
 
+class PartlySubmitted(PipelineError):
+    """A submit failed after its run directory was created: the run exists (`run_id`) and is partly queued."""
+
+    def __init__(self, run_id: str, message: str, hint: str) -> None:
+        self.run_id = run_id
+        super().__init__(message, hint)
+
+
 class CommandError(PipelineError):
     """An external command exited non-zero; the message carries argv, exit code and output."""
 

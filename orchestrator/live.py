@@ -1,16 +1,18 @@
-"""The live view of `status --watch` and `submit --wait`: on a terminal, one frame redrawn in place (plain ANSI:
-cursor up + erase, ECMA-48 CPL/ED) with a progress bar for each stage that reports step/steps; anywhere else
-(CI logs, a pipe) the table is appended, and only when it changed."""
+"""The live view of `status --watch` and `submit --wait` (`wait`): on a terminal, one frame redrawn in place
+(plain ANSI: cursor up + erase, ECMA-48 CPL/ED) with a progress bar for each stage that reports step/steps;
+anywhere else (CI logs, a pipe) the table is appended, and only when it changed."""
 
 from __future__ import annotations
 
 import shutil
 import sys
 import time
+from pathlib import Path
 from typing import Any, TextIO
 
-from orchestrator import status
+from orchestrator import status, table
 from orchestrator.state import RunPaths
+from orchestrator.states import JobState
 
 BAR_WIDTH = 30
 TTY_POLL_CAP_S = 5.0  # a bar that moves is worth a poll every few seconds; a log file is not
@@ -60,3 +62,18 @@ def progress_bar(data: dict[str, Any] | None) -> str:
     done = min(1.0, max(0.0, data["step"] / steps))
     filled = round(done * BAR_WIDTH)
     return f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {done:4.0%}  {status.progress_note(data)}"
+
+
+def wait(run_dir: Path, quiet: bool = False, cap_s: float = 30.0) -> int:
+    """Poll with backoff (1, 2, 4 ... cap) until every stage is terminal; exit 0 only if all COMPLETED."""
+    delay = 1.0
+    screen = Screen()  # redraws in place on a terminal, appends changed tables elsewhere
+    while True:
+        view = status.refresh([run_dir])[0]
+        if not quiet:
+            screen.show(table.run_table(view), view)
+        states = [s.state for s in view.state.stages.values()]
+        if all(s.terminal or s is JobState.NOT_SUBMITTED for s in states):  # a failed query shows UNKNOWN
+            return 0 if all(s.ok for s in states) else 1
+        time.sleep(delay)
+        delay = min(screen.poll_cap(cap_s), delay * 2)

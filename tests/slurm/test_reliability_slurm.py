@@ -409,7 +409,7 @@ stages:
     jobs = tagged(run_dir.name, ["b"])["b"]
     assert len(ok) == 1 and len(refused) == 3, results
     assert len(jobs) == 2  # the failed one and exactly one rerun
-    from orchestrator.cli import load_run
+    from orchestrator.commands import load_run
     from orchestrator.scheduler import SubmitRequest
 
     store, saved, scheduler = load_run(run_dir.name)

@@ -1,0 +1,40 @@
+"""One module a verb (as pre-commit's pre_commit/commands/): each has `add_parser(subparsers)`, which declares the
+verb's flags, and `run(args) -> int`, which calls one function of the layers below and prints. orchestrator.cli
+builds the parser from them, forwards to a remote head node when asked, and maps errors to exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeAlias
+
+from orchestrator import plan
+from orchestrator import state as statelib
+from orchestrator.scheduler import Scheduler, for_cluster
+from orchestrator.state import RunPaths, Store
+
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"  # argparse's own name for it
+
+Run = Callable[[argparse.Namespace], int]
+
+
+def add_verb(sub: Subparsers, name: str, run: Run, help_text: str) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, help=help_text, description=help_text)
+    parser.set_defaults(func=run, spec_file=False, spec=None)
+    return parser
+
+
+def load_run(ref: str | None) -> tuple[Store, plan.Plan, Scheduler]:
+    """The run `ref` (id, directory, or the latest run), its saved plan and its scheduler."""
+    run_dir = statelib.find_run(ref)
+    paths = RunPaths(run_dir)
+    saved = plan.load_saved(json.loads(paths.plan.read_text(encoding="utf-8")), paths.root / "scripts")
+    return Store(run_dir), saved, for_cluster(saved.cluster, run_dir)
+
+
+def spec_path(args: argparse.Namespace) -> Path | None:
+    """The pipeline file of a verb that takes one (validate, render, submit), else None."""
+    file: str | None = getattr(args, "file", None)
+    return Path(file) if args.spec_file and file else None

@@ -1,0 +1,45 @@
+"""`pipeline render FILE [--out DIR] [--json]`: every stage script and the dependency plan; submits nothing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from orchestrator import plan
+from orchestrator import state as statelib
+from orchestrator.commands import Subparsers, add_verb
+
+
+def add_parser(sub: Subparsers) -> None:
+    p = add_verb(sub, "render", run, "render every stage script and print the dependency plan; submits nothing")
+    p.add_argument("file")
+    p.add_argument("--out", help="write scripts and plan.json to this folder")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(spec_file=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    built = plan.build(args.spec)
+    if args.out:
+        write(built, Path(args.out))
+    if args.json:
+        print(json.dumps(built.to_json(), indent=2))
+        return 0
+    print(f"pipeline {built.pipeline} on cluster {built.cluster.name} ({built.cluster.scheduler})")
+    for stage in built.stages:
+        after = ", ".join(stage.after) or "-"
+        print(f"  {stage.name:<16} {stage.family}:{stage.kind:<12} after: {after:<24} {' '.join(stage.sbatch_flags())}")
+    if not args.out:
+        for stage in built.stages:
+            print(f"\n# ===== {stage.name}.sh =====\n{stage.script}", end="")
+    else:
+        print(f"scripts written to {args.out}")
+    return 0
+
+
+def write(built: plan.Plan, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for stage in built.stages:
+        statelib.atomic_write(out / f"{stage.name}.sh", stage.script, mode=0o755)
+    statelib.write_json(out / "plan.json", built.to_json())

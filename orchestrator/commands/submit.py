@@ -1,0 +1,51 @@
+"""`pipeline submit FILE [--run-root DIR] [--wait]` and `pipeline submit --resume RUN`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from orchestrator import apply, live, plan, secrets, status
+from orchestrator.commands import Subparsers, add_verb, load_run
+from orchestrator.errors import PartlySubmitted, PipelineError
+from orchestrator.spec import Spec
+
+
+def add_parser(sub: Subparsers) -> None:
+    p = add_verb(sub, "submit", run, "validate, render and submit the whole chain; prints the run id")
+    p.add_argument("file", nargs="?")
+    p.add_argument("--resume", metavar="RUN", help="finish an interrupted submission: no stage is submitted twice")
+    p.add_argument("--run-root", help="where run directories go (default: cluster profile, then ~/.pipeline/runs)")
+    p.add_argument("--wait", action="store_true", help="stay and print status until the run ends")
+    p.set_defaults(spec_file=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.resume:
+        return resume(args)
+    if not args.file:
+        raise PipelineError("submit needs a pipeline file (or --resume RUN)")
+    loaded: Spec = args.spec
+    built = plan.build(loaded)  # every stage validated and rendered before the first sbatch
+    for note in secrets.not_handed_over(built.secrets, os.environ):
+        print(f"note: {note}", file=sys.stderr)
+    root = apply.run_root(loaded, Path(args.run_root) if args.run_root else None)
+    try:
+        store = apply.submit(loaded, built, root)
+    except PartlySubmitted as exc:
+        print(exc.run_id)  # the run exists: whoever captures stdout gets its id, as after a clean submit
+        raise
+    print(store.read().run_id)
+    return live.wait(store.paths.root) if args.wait else 0
+
+
+def resume(args: argparse.Namespace) -> int:
+    store, saved, scheduler = load_run(args.resume)
+    with store.changing():
+        status.refresh([store.paths.root])
+        for line in apply.resume(store, saved, scheduler):
+            print(line, file=sys.stderr)
+    print(store.read().run_id)
+    return live.wait(store.paths.root) if args.wait else 0
