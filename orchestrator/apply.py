@@ -15,9 +15,9 @@ from pathlib import Path
 
 from orchestrator import dag
 from orchestrator import state as statelib
-from orchestrator.errors import PipelineError
+from orchestrator.errors import PartlySubmitted, PipelineError
 from orchestrator.plan import Plan
-from orchestrator.scheduler import Scheduler, SubmitRequest
+from orchestrator.scheduler import Scheduler, SubmitRequest, for_cluster
 from orchestrator.scheduler.slurm import ACCOUNTED_AS
 from orchestrator.spec import Spec
 from orchestrator.state import Attempt, RunPaths, RunState, StageState, Store
@@ -70,6 +70,29 @@ def create_run(spec: Spec, plan: Plan, root: Path, hold: contextlib.ExitStack | 
     os.rename(paths.root, final)
     statelib.faultpoint("visible")
     return Store(final)
+
+
+def submit(spec: Spec, plan: Plan, root: Path) -> Store:
+    """torchx's submit = dry-run + schedule: create the run directory under `root`, then queue every stage.
+
+    The run lock is held from before the run is visible to the last state write. A failure after the run exists
+    is a PartlySubmitted naming the run, what is queued and what is not, and the two ways out (issue 13 item 7).
+    """
+    with contextlib.ExitStack() as hold:
+        store = create_run(spec, plan, root, hold)
+        scheduler = for_cluster(plan.cluster, store.paths.root)
+        try:
+            submit_stages(store, plan, scheduler, {s.name for s in plan.stages})
+        except PipelineError as exc:
+            state = store.read()
+            queued = [f"{n} (job {s.current.job_id})" for n, s in state.stages.items() if s.current is not None]
+            missing = [n for n, s in state.stages.items() if s.current is None]
+            raise PartlySubmitted(
+                state.run_id, f"{exc.message}\nrun {state.run_id} ({store.paths.root}) is partly submitted: "
+                f"queued {', '.join(queued) or 'nothing'}; not submitted: {', '.join(missing) or 'none'}",
+                f"fix the cause, then `pipeline submit --resume {state.run_id}` submits the rest; or give it up: "
+                f"`pipeline cancel {state.run_id}` and `rm -r {store.paths.root}`") from None
+    return store
 
 
 def submit_stages(store: Store, plan: Plan, scheduler: Scheduler, names: set[str]) -> list[str]:

@@ -14,7 +14,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationEr
                       model_validator)
 
 from orchestrator import dag, memfit, yamlsrc
-from orchestrator.errors import SpecError
+from orchestrator.errors import PipelineError, SpecError
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 Name = Annotated[str, Field(pattern=NAME_RE, description="letters, digits, '_', '.', '-' (max 64)")]
@@ -369,3 +369,13 @@ def load_cluster(path: Path) -> ClusterProfile:
         return ClusterProfile.model_validate(source.data)
     except ValidationError as exc:
         raise validation_error(source, exc) from None
+
+
+def find_profile(name: str, cwd: Path | None = None) -> ClusterProfile:
+    """The cluster profile NAME from the folders a pipeline file in `cwd` would search (`--remote-cluster`,
+    `clusters describe`)."""
+    for directory in default_cluster_dirs((cwd or Path.cwd()) / "pipeline.yaml"):
+        candidate = directory / f"{name}.yaml"
+        if candidate.is_file():
+            return load_cluster(candidate)
+    raise PipelineError(f"no cluster profile {name!r}", "looked in ./clusters, ~/.pipeline/clusters and pipeline's own")
