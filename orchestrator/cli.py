@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from orchestrator import __version__, spec
+from orchestrator import __version__, loader, spec
 from orchestrator.commands import (
     cancel,
     clusters,
@@ -58,7 +58,7 @@ def forward(args: argparse.Namespace) -> int | None:
     target = _target(args, file)
     if target is None:
         return None
-    uploads = remote.referenced_files(file) if file else None
+    uploads = loader.referenced_files(file) if file else None
     return remote.forward(_remote_pipeline(args, target), args.forward_argv, uploads)
 
 

@@ -18,7 +18,7 @@ import shlex
 from typing import Any
 
 from orchestrator.errors import PipelineError
-from orchestrator.remote import Target
+from orchestrator.remote.target import Target
 from orchestrator.spec import HyperPodTarget, Remote
 
 SSM_DOCUMENT = "AWS-StartSSHSession"

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator import __version__
+from orchestrator.loader import referenced_files
 from orchestrator.remote import (
     FORWARDED_ENV,
     AuthError,
@@ -29,7 +30,6 @@ from orchestrator.remote import (
     UnreachableError,
     UploadError,
     forward,
-    referenced_files,
     remote_command,
 )
 from tests.remote.conftest import PIPELINE as PIPELINE_EXE

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator.remote import forward, referenced_files
+from orchestrator.loader import referenced_files
+from orchestrator.remote import forward
 from tests.remote.conftest import SshServer
 
 pytestmark = pytest.mark.slurm
