@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import SchedulerError, StateError
+from orchestrator.jobfiles import links_of
 from orchestrator.scheduler import AccountingUnavailable, JobInfo, Scheduler
 from orchestrator.scheduler.slurm import CONTROLLER_DOWN, DISAGREEMENT, NODE_PROBLEM
 from orchestrator.spec import ClusterProfile
@@ -299,8 +300,6 @@ def progress(paths: RunPaths, stage: str, attempt: Attempt | None) -> dict[str, 
 
 def tracking_link(paths: RunPaths, stage: str, attempt: Attempt | None) -> str | None:
     """Where the experiment tracker shows this attempt (stages/tracking.py notes it in the metrics history)."""
-    from orchestrator.report import links_of  # late: report imports this module
-
     return links_of(paths, stage, attempt.job_id).get(stage) if attempt else None
 
 

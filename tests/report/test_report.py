@@ -79,7 +79,7 @@ def test_several_evaluate_reports_one_row_each_and_the_best_marked(tmp_path):
 
 def test_tracker_link_is_a_link_only_for_web_addresses() -> None:
     """An MLflow URL becomes a link; W&B offline's `wandb sync <dir>` hint is shown as code, not a dead link."""
-    from orchestrator.report import _link
+    from orchestrator.report.page import _link
 
     assert _link("http://mlflow:5000/#/runs/1") == '<a href="http://mlflow:5000/#/runs/1">http://mlflow:5000/#/runs/1</a>'
     assert _link("wandb sync /runs/r/wandb/ft") == "<code>wandb sync /runs/r/wandb/ft</code>"

@@ -10,7 +10,7 @@ from PIL import Image  # matplotlib's own dependency (pillow), so the report ext
 from tests.helpers import run_cli
 from tests.report.browser import look
 
-GREEN = (0x2E, 0x7D, 0x32)  # orchestrator/figures.py COLOURS["COMPLETED"]
+GREEN = (0x2E, 0x7D, 0x32)  # orchestrator/report/figures.py COLOURS["COMPLETED"]
 TUNED = (0x5C, 0x6B, 0xC0)  # the evaluation's tuned bars
 
 

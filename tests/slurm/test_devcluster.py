@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from orchestrator import devcluster
+from orchestrator import daemons, devcluster
 
 pytestmark = pytest.mark.slurm
 
@@ -38,6 +38,6 @@ def test_down_leaves_no_daemon(tmp_path, slurm_cluster):
     pids = [int(p.read_text()) for p in (cluster.workdir / "run").glob("*.pid")]
     assert len(pids) >= 6  # munged, mariadbd, slurmdbd, slurmctld, 2 x slurmd (+ the daemons' own pid files)
     devcluster.down(cluster.workdir)
-    alive = [pid for pid in pids if not devcluster._gone(pid)]
+    alive = [pid for pid in pids if not daemons.gone(pid)]
     assert alive == []
     devcluster.down(cluster.workdir)  # safe twice

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import devcluster, state, status
+from orchestrator import daemons, devcluster, state, status
 from orchestrator.scheduler.slurm import SlurmScheduler
 from orchestrator.spec import ClusterProfile
 from orchestrator.states import JobState
@@ -35,7 +35,7 @@ def _kill9_controller(cluster: devcluster.DevCluster) -> None:
     pid = int((cluster.workdir / "run" / "slurmctld.pid").read_text())
     os.killpg(pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
-    while not devcluster._gone(pid):
+    while not daemons.gone(pid):
         assert time.monotonic() < deadline, "slurmctld survived SIGKILL"
         time.sleep(0.1)
 

@@ -12,7 +12,7 @@ from datetime import timedelta
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from orchestrator.report import Report, is_failure
+from orchestrator.report.model import Report, is_failure
 
 COLOURS = {"COMPLETED": "#2e7d32", "RUNNING": "#1565c0", "CANCELLED": "#9e9e9e", "requeued": "#ef6c00"}
 FAILED = "#c62828"
