@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-from orchestrator.families import Family
+from orchestrator.families.base import Family
 
 
 class CommandSettings(BaseModel):

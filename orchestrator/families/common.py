@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from orchestrator import yamlsrc
-from orchestrator.families import Params, family_of
+from orchestrator.families.base import Params, family_of
 from orchestrator.spec import Pipeline, error_at
 
 Positive = Annotated[int, Field(gt=0)]

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from orchestrator import memfit
-from orchestrator.families import FitContext
+from orchestrator.families.base import FitContext
 
 TUNE_HINT = ("shard it over more GPUs (nodes, nproc_per_node), keep fsdp_cpu_offload and activation_checkpointing "
              "on, use LoRA, or lower batch_size / max_seq_len")

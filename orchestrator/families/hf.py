@@ -11,8 +11,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from orchestrator import memfit
-from orchestrator.families import Family, FitContext, Kind, Params
-from orchestrator.families import Params as Strict
+from orchestrator.families.base import Family, FitContext, Kind, Params
+from orchestrator.families.base import Params as Strict
 
 
 class HfLora(Strict):

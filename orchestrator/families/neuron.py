@@ -13,8 +13,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, model_validator
 
 from orchestrator import yamlsrc
-from orchestrator.families import Family, Kind, family_of
-from orchestrator.families import Params as Strict
+from orchestrator.families.base import Family, Kind, family_of
+from orchestrator.families.base import Params as Strict
 from orchestrator.families.common import (
     NEURON_INDEX,
     NEURON_SDK_2_28,
