@@ -20,6 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from stages.history import note
+
 _run: Any = None
 _broken = False
 
@@ -86,8 +88,6 @@ def _wandb() -> Any:
                             entity=os.environ.get("WANDB_ENTITY") or None, name=name, id=run_id, resume="allow",
                             tags=[f"{k.removeprefix('pipeline.')}:{v}"[:64] for k, v in tags.items() if v],
                             config={"pipeline": tags})
-    from stages.common import note
-
     where = str(_wandb_run.settings.sync_dir)
     note(event="tracking", backend="wandb", run_id=run_id, dir=where, url=f"wandb sync {where}")
     return _wandb_run
@@ -127,8 +127,6 @@ def _mlflow() -> Any:
                                filter_string=f"tags.`mlflow.runName` = '{name}'")
     _run = mlflow.start_run(run_id=found[0].info.run_id) if found else mlflow.start_run(run_name=name)
     mlflow.set_tags(_tags())
-    from stages.common import note
-
     note(event="tracking", backend="mlflow", experiment_id=experiment.experiment_id, run_id=_run.info.run_id,
          url=f"{mlflow.get_tracking_uri().rstrip('/')}/#/experiments/{experiment.experiment_id}/runs/"
              f"{_run.info.run_id}")

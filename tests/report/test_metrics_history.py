@@ -1,5 +1,6 @@
 """Metrics history: every logged step appended to records/<stage>/metrics.<job>.jsonl by the stage program
-(stages/common.py metric), per attempt, tagged with the job id, rank 0 only, bounded in size."""
+(stages/common.py metric, written by stages/history.py), per attempt, tagged with the job id, rank 0 only,
+bounded in size."""
 
 from __future__ import annotations
 
@@ -7,17 +8,17 @@ import json
 import sys
 
 from orchestrator.state import RunPaths, Store
-from stages import common
+from stages import common, history
 from tests.helpers import latest_run, run_cli, wait_terminal
 
 
 def test_the_file_stays_under_its_cap_and_keeps_first_last_and_eval(tmp_path):
     path = tmp_path / "m.jsonl"
     cap = 32 << 10
-    common.append_bounded(path, json.dumps({"event": "evaluate", "loss": 1.0}), cap)
+    history.append_bounded(path, json.dumps({"event": "evaluate", "loss": 1.0}), cap)
     sizes = []
     for step in range(1, 50_001):  # ~3.5 MB written in full; a week of steps scaled down
-        common.append_bounded(path, json.dumps({"step": step, "loss": 1.0 / step, "lr": 1e-4}), cap)
+        history.append_bounded(path, json.dumps({"step": step, "loss": 1.0 / step, "lr": 1e-4}), cap)
         sizes.append(path.stat().st_size)
     assert max(sizes) <= cap + 80  # never more than the cap plus the line that tipped it
     lines = [json.loads(line) for line in path.read_text().splitlines()]
