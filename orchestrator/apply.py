@@ -13,7 +13,7 @@ import shutil
 from collections.abc import Collection
 from pathlib import Path
 
-from orchestrator import dag
+from orchestrator import cache, dag, overrides
 from orchestrator import state as statelib
 from orchestrator.errors import PartlySubmitted, PipelineError
 from orchestrator.plan import Plan
@@ -52,14 +52,16 @@ def create_run(spec: Spec, plan: Plan, root: Path, hold: contextlib.ExitStack | 
     paths.root.mkdir()
     statelib.faultpoint("staging-created")
     paths.make_dirs()
-    shutil.copyfile(spec.source.path, paths.spec_copy)
+    text = overrides.effective_text(spec.source)  # the file as written, or with --set overrides applied
+    statelib.atomic_write(paths.spec_copy, text)
     for stage in plan.stages:
         statelib.atomic_write(paths.script(stage.name), stage.script, mode=0o755)
     statelib.write_json(paths.plan, plan.to_json())
     store = Store(paths.root)
     store.create(RunState(
         run_id=run_id, pipeline=plan.pipeline, scheduler=plan.cluster.scheduler, cluster=plan.cluster.name,
-        spec_sha256=hashlib.sha256(spec.source.path.read_bytes()).hexdigest(), workdir=plan.workdir,
+        spec_sha256=hashlib.sha256(text.encode()).hexdigest(), workdir=plan.workdir,
+        spec_source=str(spec.source.path.resolve()), spec_overrides=list(spec.source.overrides),
         stages={s.name: StageState(after=list(s.after)) for s in plan.stages},
     ))
     statelib.faultpoint("staged")
@@ -72,7 +74,7 @@ def create_run(spec: Spec, plan: Plan, root: Path, hold: contextlib.ExitStack | 
     return Store(final)
 
 
-def submit(spec: Spec, plan: Plan, root: Path) -> Store:
+def submit(spec: Spec, plan: Plan, root: Path, options: cache.Options = cache.Options()) -> Store:
     """torchx's submit = dry-run + schedule: create the run directory under `root`, then queue every stage.
 
     The run lock is held from before the run is visible to the last state write. A failure after the run exists
@@ -82,7 +84,7 @@ def submit(spec: Spec, plan: Plan, root: Path) -> Store:
         store = create_run(spec, plan, root, hold)
         scheduler = for_cluster(plan.cluster, store.paths.root)
         try:
-            submit_stages(store, plan, scheduler, {s.name for s in plan.stages})
+            submit_with_cache(store, plan, scheduler, {s.name for s in plan.stages}, options, 1)
         except PipelineError as exc:
             state = store.read()
             queued = [f"{n} (job {s.current.job_id})" for n, s in state.stages.items() if s.current is not None]
@@ -95,12 +97,30 @@ def submit(spec: Spec, plan: Plan, root: Path) -> Store:
     return store
 
 
-def submit_stages(store: Store, plan: Plan, scheduler: Scheduler, names: set[str]) -> list[str]:
+def submit_with_cache(store: Store, plan: Plan, scheduler: Scheduler, names: set[str], options: cache.Options,
+                      spec_version: int | None = None) -> dict[str, cache.Decision]:
+    """Mark the stages of `names` an earlier run already produced CACHED (their outputs linked into this run),
+    submit the others. Returns every stage's decision, with the reason it was reused or must run."""
+    decisions = cache.decide(plan, names, options)
+    adopted = cache.adopt(store, plan, decisions, spec_version)
+    for name, why in adopted.failed.items():
+        decisions[name] = cache.Decision(name, None, why)
+    submit_stages(store, plan, scheduler, set(names) - set(adopted.cached), spec_version)
+    return decisions
+
+
+def submit_stages(store: Store, plan: Plan, scheduler: Scheduler, names: set[str],
+                  spec_version: int | None = None) -> list[str]:
     """Submit `names` in topological order, held, then release them together. Returns the new job ids.
 
     A parent outside `names` must be COMPLETED (no dependency: Slurm rejects dependencies on purged jobs,
     desihub/desispec#2350) or still active (then the child depends on its job id).
     """
+    cache.unlink_adopted(store, plan, names)  # a CACHED stage that runs now writes files of its own
+    if plan.variants:
+        from orchestrator import arrays  # late: arrays builds on this module
+
+        return arrays.submit_stages(store, plan, scheduler, names, spec_version)
     current = store.read()
     order = [n for n in dag.topological(plan.parents()) if n in names]
     submitted: dict[str, str] = {}
@@ -113,7 +133,7 @@ def submit_stages(store: Store, plan: Plan, scheduler: Scheduler, names: set[str
                 after=tuple(after), hold=True, retries=stage.retries))
             submitted[name] = job_id
             with store.update() as state:
-                state.stages[name].attempts.append(Attempt(job_id=job_id))
+                state.stages[name].attempts.append(Attempt(job_id=job_id, spec_version=spec_version))
             statelib.faultpoint("recorded", name)
         statelib.faultpoint("before-release")
     finally:
@@ -125,21 +145,23 @@ def submit_stages(store: Store, plan: Plan, scheduler: Scheduler, names: set[str
 
 
 def _dependency_ids(state: RunState, plan: Plan, name: str, submitted: dict[str, str]) -> list[str]:
-    ids = []
-    for parent in plan.stage(name).after:
-        if parent in submitted:
-            ids.append(submitted[parent])
-            continue
-        parent_state = state.stages[parent]
-        current = parent_state.current
-        if parent_state.state.ok:
-            continue
-        if current is not None and parent_state.state.active:
-            ids.append(current.job_id)
-            continue
-        raise PipelineError(f"stage {name} needs {parent}, which is {parent_state.state.value}",
-                            f"rerun {parent} too: pipeline rerun {state.run_id} --stage {parent}")
-    return ids
+    found = (dependency_id(state, name, parent, submitted) for parent in plan.stage(name).after)
+    return [job_id for job_id in found if job_id is not None]
+
+
+def dependency_id(state: RunState, name: str, parent: str, submitted: dict[str, str]) -> str | None:
+    """The job `name` must wait for to have `parent` done: none when it already is (orchestrator/arrays.py pairs
+    these per sweep variant)."""
+    if parent in submitted:
+        return submitted[parent]
+    parent_state = state.stages[parent]
+    current = parent_state.current
+    if parent_state.state.ok:
+        return None
+    if current is not None and parent_state.state.active:
+        return current.job_id
+    raise PipelineError(f"stage {name} needs {parent}, which is {parent_state.state.value}",
+                        f"rerun {parent} too: pipeline rerun {state.run_id} --stage {parent}")
 
 
 def adopt_orphans(store: Store, scheduler: Scheduler) -> dict[str, str]:
@@ -177,7 +199,7 @@ def resume(store: Store, plan: Plan, scheduler: Scheduler) -> list[str]:
     state = store.read()
     missing = {n for n, s in state.stages.items()
                if s.state is JobState.NOT_SUBMITTED or (n in _redo(plan, broken) and not s.state.ok)}
-    new_ids = submit_stages(store, plan, scheduler, missing) if missing else []
+    new_ids = submit_stages(store, plan, scheduler, missing, state.spec_version) if missing else []
     held = [s.current.job_id for s in store.read().stages.values()
             if s.current and s.state is JobState.PENDING and s.current.job_id not in new_ids]
     scheduler.release(held)  # jobs a killed submit left held (releasing a non-held pending job is harmless)
@@ -254,8 +276,9 @@ def select_rerun(state: RunState, plan: Plan, stage: str | None, from_stage: str
 
 
 def rerun(store: Store, plan: Plan, scheduler: Scheduler, stage: str | None = None,
-          from_stage: str | None = None, notes: list[str] | None = None) -> dict[str, str]:
-    """Resubmit the selected stages; first release holds on the run's own jobs (their lines go to `notes`)."""
+          from_stage: str | None = None, notes: list[str] | None = None, variant: str | None = None) -> dict[str, str]:
+    """Resubmit the selected stages; first release holds on the run's own jobs (their lines go to `notes`).
+    With `variant`, only that sweep variant's stages (orchestrator/sweep.py select_rerun)."""
     released = release_holds(store, scheduler)
     if notes is not None:
         notes += released
@@ -269,17 +292,39 @@ def rerun(store: Store, plan: Plan, scheduler: Scheduler, stage: str | None = No
 
         status.refresh([store.paths.root], {status.group_key(state, store.paths.root): scheduler})
         state = store.read()
-    names = select_rerun(state, plan, stage, from_stage)
+    if variant is not None:
+        from orchestrator import sweep  # late: sweep builds on plan
+
+        names = sweep.select_rerun(state, plan, variant, stage, from_stage)
+    else:
+        names = select_rerun(state, plan, stage, from_stage)
     done = "".join(f"; {line}" for line in released)  # said even when nothing is resubmitted
     if not names:
         raise PipelineError(f"run {state.run_id} has nothing to rerun: no stage failed{done}",
                             "name one with --stage S or --from S")
-    busy = [n for n in names if state.stages[n].state.active]
+    names |= stale_upstream(store, plan, names, notes)
+    _refuse_busy(state, names, done)
+    ids = submit_stages(store, plan, scheduler, names, state.spec_version)
+    return dict(zip([n for n in dag.topological(plan.parents()) if n in names], ids))
+
+
+def _refuse_busy(state: RunState, names: Collection[str], done: str = "") -> None:
+    busy = [n for n in names if n in state.stages and state.stages[n].state.active]
     if busy:
         raise PipelineError(f"stage(s) {', '.join(sorted(busy))} are still queued or running{done}",
                             f"wait, or cancel first: pipeline cancel {state.run_id} --stage {sorted(busy)[0]}")
-    ids = submit_stages(store, plan, scheduler, names)
-    return dict(zip([n for n in dag.topological(plan.parents()) if n in names], ids))
+
+
+def stale_upstream(store: Store, plan: Plan, names: set[str], notes: list[str] | None) -> set[str]:
+    """Finished stages upstream of `names` whose outputs in this run's workdir no longer match their manifest (a
+    CACHED stage's source deleted, a file rewritten): they run again, with the stages between them and `names`."""
+    parents = plan.parents()
+    above = set().union(*(dag.upstream(parents, n) for n in names)) - names
+    stale = cache.verify_own(store, plan, sorted(above))
+    for name, why in sorted(stale.items()):
+        if notes is not None:
+            notes.append(f"stage {name}: its outputs changed ({why}): submitted again")
+    return {n for n in dag.downstream(parents, stale) if n in above} if stale else set()
 
 
 def cancel(store: Store, plan: Plan, scheduler: Scheduler, stage: str | None = None) -> list[str]:
@@ -316,3 +361,70 @@ def _live(scheduler: Scheduler, candidates: list[str]) -> list[str]:
     except PipelineError:
         return candidates
     return [j for j in candidates if j not in found or found[j].state.active]
+
+
+def replan(store: Store, old: Plan, spec: Spec, new: Plan, scheduler: Scheduler,
+           options: cache.Options = cache.Options(), notes: list[str] | None = None) -> dict[str, cache.Decision]:
+    """`pipeline rerun RUN --spec FILE` (issue 14 item 3): re-plan the run from an edited spec. Stages whose key
+    changed, new ones, those that did not complete and those whose outputs changed run again with their dependents
+    (or are taken from an earlier run's identical stage); the others keep their results. The spec and plan are
+    kept per version (spec.<n>.yaml, plans/plan.<n>.json) and every new attempt records its version. Refused,
+    before anything changes, when the edit drops a stage that has a live job or changes a queued/running one."""
+    state = store.read()
+    new_names = [s.name for s in new.stages]
+    gone = [n for n in state.stages if n not in new_names]
+    live = [f"{n} (job {state.stages[n].current.job_id})" for n in gone  # type: ignore[union-attr]
+            if state.stages[n].state.active]
+    if live:
+        raise PipelineError(f"the edited spec removes or renames stage(s) {', '.join(live)} of run {state.run_id}, "
+                            "which still have a live job", f"cancel first (pipeline cancel {state.run_id} --stage "
+                            f"{live[0].split(' ')[0]}) or keep the stage's name")
+    old_keys = {s.name: s.key for s in old.stages}
+    changed = {n for n in new_names if not old_keys.get(n) or old_keys[n] != new.stage(n).key}
+    unfinished = {n for n in new_names if n not in state.stages or not state.stages[n].state.ok}
+    parents = new.parents()
+    selected = dag.downstream(parents, changed | unfinished)
+    kept = sorted(set(new_names) - selected)
+    stale = cache.verify_own(store, new, kept)
+    for name, why in sorted(stale.items()):
+        if notes is not None:
+            notes.append(f"stage {name}: its outputs changed ({why}): submitted again")
+    selected |= dag.downstream(parents, stale)
+    if not selected:
+        raise PipelineError(f"run {state.run_id}: the edited spec changes no stage's key and every stage completed",
+                            "nothing to rerun; resources and time limits do not change what a stage produces")
+    _refuse_busy(state, selected)
+    version = state.spec_version + 1
+    _write_version(store, spec, new, version)
+    with store.update() as fresh:
+        fresh.spec_version = version
+        fresh.spec_source, fresh.spec_overrides = str(spec.source.path.resolve()), list(spec.source.overrides)
+        fresh.spec_sha256 = hashlib.sha256(store.paths.spec_version(version).read_bytes()).hexdigest()
+        fresh.workdir = new.workdir
+        fresh.stages = {n: fresh.stages.get(n, StageState(after=[])) for n in new_names}
+        for stage in new.stages:
+            fresh.stages[stage.name].after = list(stage.after)
+    for name in gone:
+        if notes is not None:
+            notes.append(f"stage {name}: not in the edited spec: dropped from the run (its history is in "
+                         f"{store.paths.plan_version(version - 1).relative_to(store.paths.root)})")
+    return submit_with_cache(store, new, scheduler, selected, options, version)
+
+
+def _write_version(store: Store, spec: Spec, new: Plan, version: int) -> None:
+    """Keep the previous plan and scripts under plans/, then write the new spec, plan and scripts in place (jobs
+    read plan.json and scripts/<stage>.sh when they start: a live job of a kept stage has the same key, so the
+    same script up to the spec's folder)."""
+    paths = store.paths
+    archive = paths.plan_version(version - 1)
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(paths.plan, archive)
+    scripts = paths.root / "scripts"
+    shutil.copytree(scripts, archive.parent / f"scripts.{version - 1}", dirs_exist_ok=True)
+    statelib.atomic_write(paths.spec_version(version), overrides.effective_text(spec.source))
+    for stage in new.stages:
+        statelib.atomic_write(paths.script(stage.name), stage.script, mode=0o755)
+    for script in scripts.glob("*.sh"):
+        if script.stem not in {s.name for s in new.stages}:
+            script.unlink()
+    statelib.write_json(paths.plan, new.to_json())

@@ -71,7 +71,8 @@ def _target(args: argparse.Namespace, file: Path | None) -> remote_types.Target 
     here = bool(os.environ.get(remote.FORWARDED_ENV))
     if not here and (args.host or args.remote_cluster):
         return _global_target(args)
-    args.spec = spec.load(file) if file and not getattr(args, "resume", None) else None
+    overrides = getattr(args, "overrides", None) or ()
+    args.spec = spec.load(file, overrides=overrides) if file and not getattr(args, "resume", None) else None
     if here or args.spec is None or args.spec.cluster.remote is None:
         return None
     return remote.resolve(args.spec.cluster.remote)

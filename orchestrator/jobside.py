@@ -19,7 +19,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from orchestrator import notify, proc, tracking
+from orchestrator import cache, notify, proc, tracking
 from orchestrator import secrets as secretlib
 from orchestrator.errors import PipelineError
 from orchestrator.spec import SecretRef
@@ -43,9 +43,18 @@ def write_record(path: Path, record: dict[str, Any]) -> None:
 
 def run_stage(run_dir: str, stage: str, job_id: str | None = None) -> None:
     """Entry point submitted through submitit (and run by the local driver). Exits non-zero on failure."""
-    rc = execute(Path(run_dir), stage, job_id or os.environ.get("SLURM_JOB_ID", "unknown"))
+    rc = execute(Path(run_dir), stage, job_id or slurm_job_id())
     if rc:
         sys.exit(rc)
+
+
+def slurm_job_id() -> str:
+    """This job's id as sbatch gave it: `<array id>_<task>` for a job array's task (SLURM_JOB_ID is then the
+    task's own number, which neither our state nor `scontrol release`/`scancel` of the array use)."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array and task:
+        return f"{array}_{task}"
+    return os.environ.get("SLURM_JOB_ID", "unknown")
 
 
 def execute(run_dir: Path, stage: str, job_id: str) -> int:
@@ -69,6 +78,8 @@ def execute(run_dir: Path, stage: str, job_id: str) -> int:
             missing = _missing_outputs(plan, paths, spec["outputs"])
             if missing:
                 rc, reason = OUTPUT_MISSING_RC, f"declared outputs missing: {', '.join(missing)}"
+            else:  # what later runs with the same stage key may reuse (orchestrator/cache.py)
+                log.write(f"=== pipeline: {cache.record_completion(paths, plan, spec, job_id)}\n".encode())
         log.write(f"=== pipeline: exit {rc}{' (' + reason + ')' if reason else ''} at {now_iso()}\n".encode())
     used = resource.getrusage(resource.RUSAGE_CHILDREN)  # the script and what it waited for; for the report
     record.update(end=now_iso(), exit_code=rc, reason=reason, cpu_s=round(used.ru_utime + used.ru_stime, 2),

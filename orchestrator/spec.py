@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -197,6 +198,7 @@ class Stage(Strict):
     retries: Annotated[StrictInt, Field(ge=0, le=20)] = 0
     env: dict[Annotated[str, Field(pattern=ENV_NAME_RE)], str] = Field(default_factory=dict)
     container: Container | None = Field(None, description="this stage's container (fields override the pipeline's)")
+    cache: StrictBool = Field(True, description="false: never reuse this stage's results from an earlier run")
 
 
 NotifyEvent = Literal["run_ended", "stage_failed", "stage_requeued"]
@@ -227,6 +229,18 @@ class Tracking(Strict):
         return self
 
 
+class Sweep(Strict):
+    """Variants of one pipeline (issue 14 item 5; docs/sweeps.md): a `grid` (every combination of the listed values)
+    or a list of `variants` (each a mapping of key path -> value, with an optional `name`). Key paths name
+    `settings.<key>...` or `stages.<stage>.(params|resources|env).<key>...`. Stages that do not depend on a swept
+    value run once, shared; every other stage runs once per variant, submitted as one Slurm job array."""
+
+    grid: dict[str, list[Any]] | None = Field(None, description="key path -> the values to try (cartesian product)")
+    variants: list[dict[str, Any]] | None = Field(None, description="explicit variants: {name?, <key path>: value}")
+    throttle: Annotated[StrictInt, Field(gt=0, le=100000)] | None = Field(
+        None, description="at most this many tasks of each array run at once (sbatch --array=0-N%throttle)")
+
+
 class Pipeline(Strict):
     name: Name
     cluster: Name | ClusterProfile = "local"
@@ -240,6 +254,7 @@ class Pipeline(Strict):
     stages: Annotated[list[Stage], Field(min_length=1)]
     notify: Notify | None = Field(None, description="webhook messages when the run ends, a stage fails or requeues")
     tracking: Tracking = Field(default_factory=Tracking, description="experiment tracking (off by default)")
+    sweep: Sweep | None = Field(None, description="variants of this pipeline, run as Slurm job arrays")
 
     @field_validator("notify")
     @classmethod
@@ -299,9 +314,14 @@ def _is_union_tag(part: str | int) -> bool:
     return isinstance(part, str) and (part[:1].isupper() or part in ("str", "int", "bool") or "[" in part)
 
 
-def load(path: Path, cluster_dirs: list[Path] | None = None) -> Spec:
-    """Load and fully validate a pipeline file. Raises SpecError naming file, line and key."""
+def load(path: Path, cluster_dirs: list[Path] | None = None, overrides: Sequence[str] = ()) -> Spec:
+    """Load and fully validate a pipeline file, with `--set` overrides applied first (validated like the file).
+    Raises SpecError naming file, line and key (or the override)."""
     source = yamlsrc.load(path)
+    if overrides:
+        from orchestrator import overrides as overrides_mod  # late: a small module only `--set` needs
+
+        source = overrides_mod.apply(source, overrides)
     if not isinstance(source.data, dict):
         raise error_at(source, (), "a pipeline file must be a mapping with `name:` and `stages:`")
     try:
@@ -310,15 +330,27 @@ def load(path: Path, cluster_dirs: list[Path] | None = None) -> Spec:
         raise validation_error(source, exc) from None
     _check_graph(source, pipeline)
     cluster = _resolve_cluster(source, pipeline, cluster_dirs or default_cluster_dirs(path))
+    for warning in check(source, pipeline, cluster):
+        print(f"warning: {warning}", file=sys.stderr)
+    spec = Spec(pipeline, cluster, source)
+    if pipeline.sweep is not None:
+        from orchestrator import sweep  # late: it builds and checks each variant with check() below
+
+        for warning in sweep.validate(spec):
+            print(f"warning: {warning}", file=sys.stderr)
+    return spec
+
+
+def check(source: yamlsrc.Located, pipeline: Pipeline, cluster: ClusterProfile) -> list[str]:
+    """Everything past the models: families, kinds and params, containers, memory fit (which refuses a stage
+    that cannot fit and returns warnings). Run on the file and on every sweep variant."""
     from orchestrator import families  # late: families import spec models
 
     families.validate(source, pipeline)
     from orchestrator import container  # late: it reads jobside's stage-program path
 
     container.check(source, pipeline, cluster)
-    for warning in families.check_fit(source, pipeline, cluster):  # refuses a stage that cannot fit
-        print(f"warning: {warning}", file=sys.stderr)
-    return Spec(pipeline, cluster, source)
+    return families.check_fit(source, pipeline, cluster)
 
 
 def _check_graph(source: yamlsrc.Located, pipeline: Pipeline) -> None:

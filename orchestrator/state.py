@@ -36,6 +36,18 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+class CacheSource(BaseModel):
+    """Where a CACHED stage's outputs came from: a COMPLETED stage of an earlier run with the same key."""
+
+    model_config = ConfigDict(extra="forbid")
+    run_id: str
+    run_dir: str
+    stage: str
+    job_id: str
+    key: str
+    linked: str = "hardlink"  # how the outputs reached this run's workdir: hardlink, symlink or same (one workdir)
+
+
 class Attempt(BaseModel):
     """One submission of a stage. Fields other than job_id are refreshed from the scheduler and job records."""
 
@@ -50,6 +62,8 @@ class Attempt(BaseModel):
     reason: str | None = None
     restarts: int = 0
     history: list[str] = Field(default_factory=list)  # why and when each restart happened (requeues), oldest first
+    cached_from: CacheSource | None = None  # set on a CACHED attempt (no job of its own)
+    spec_version: int | None = None  # which spec.<n>.yaml of the run this attempt ran with (None: 1, spec.yaml)
 
 
 class StageState(BaseModel):
@@ -77,6 +91,9 @@ class RunState(BaseModel):
     spec_sha256: str
     workdir: str | None = None
     stages: dict[str, StageState]
+    spec_version: int = 1  # the newest spec of the run: spec.yaml is 1, `rerun --spec` adds spec.<n>.yaml
+    spec_source: str | None = None  # the file the newest spec was loaded from (`rerun --set` re-plans from it)
+    spec_overrides: list[str] = Field(default_factory=list)  # ... and the --set overrides it was loaded with
 
 
 class RunPaths:
@@ -105,6 +122,22 @@ class RunPaths:
     @property
     def plan(self) -> Path:
         return self.root / "plan.json"
+
+    def spec_version(self, version: int) -> Path:
+        """The spec a version of the run was planned from: spec.yaml first, then spec.<n>.yaml per `rerun --spec`."""
+        return self.spec_copy if version <= 1 else self.root / f"spec.{version}.yaml"
+
+    def plan_version(self, version: int) -> Path:
+        """The plan of an older spec version, kept when `rerun --spec` replaces plan.json and scripts/."""
+        return self.root / "plans" / f"plan.{version}.json"
+
+    def workdir(self, configured: str | None) -> Path:
+        """Where the stages' outputs live: the pipeline's `workdir:`, else <run dir>/work."""
+        return Path(configured) if configured else self.workdir_default
+
+    def manifest(self, stage: str, job_id: str) -> Path:
+        """Written by the job wrapper when the stage completed with its outputs: what they were (cache.py)."""
+        return self.records(stage) / "manifests" / f"{job_id.replace('/', '_')}.json"  # apart from job records
 
     @property
     def submitit(self) -> Path:

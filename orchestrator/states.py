@@ -18,6 +18,7 @@ class JobState(str, Enum):
     OUT_OF_MEMORY = "OUT_OF_MEMORY"
     PREEMPTED = "PREEMPTED"
     UNKNOWN = "UNKNOWN"  # the scheduler could not tell us; never counts as success
+    CACHED = "CACHED"  # not submitted: an earlier run's COMPLETED stage with the same key supplied its outputs
 
     @property
     def terminal(self) -> bool:
@@ -30,12 +31,13 @@ class JobState(str, Enum):
 
     @property
     def ok(self) -> bool:
-        return self is JobState.COMPLETED
+        """The stage's outputs are there: it ran to completion, or they came from an identical earlier stage."""
+        return self in (JobState.COMPLETED, JobState.CACHED)
 
 
 TERMINAL = frozenset(
     {JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED, JobState.TIMEOUT, JobState.NODE_FAIL,
-     JobState.OUT_OF_MEMORY, JobState.PREEMPTED}
+     JobState.OUT_OF_MEMORY, JobState.PREEMPTED, JobState.CACHED}
 )
 
 # Base state names from squeue(1) "JOB STATE CODES" and sacct(1) "JOB STATE CODES".

@@ -344,4 +344,9 @@ def to_json(view: RunView) -> dict[str, Any]:
         data["stages"][name]["elapsed"] = elapsed(stage.current) if stage.current else ""
         data["stages"][name]["progress"] = progress(RunPaths(view.run_dir), name, stage.current)
         data["stages"][name]["tracking"] = tracking_link(RunPaths(view.run_dir), name, stage.current)
+    from orchestrator import sweepview  # late: only runs with a sweep need it (it loads the spec models)
+
+    sweep = sweepview.to_json(view.run_dir, view.state)
+    if sweep is not None:
+        data["sweep"] = sweep  # variants, the variants x stages matrix, evaluate rows with the best marked
     return data

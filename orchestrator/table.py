@@ -3,7 +3,7 @@ what to look at next), one line a run."""
 
 from __future__ import annotations
 
-from orchestrator import status
+from orchestrator import status, sweepview
 from orchestrator.state import RunPaths, StageState
 from orchestrator.states import JobState
 
@@ -14,7 +14,10 @@ def run_table(view: status.RunView) -> str:
     if view.warning:
         lines.append(f"warning: {view.warning}")
     lines.append(f"  {'STAGE':<16} {'STATE':<14} {'JOB':<10} {'NODES':<14} {'ELAPSED':>9} {'EXIT':>4}  NOTE")
+    matrix = sweepview.lines(view.run_dir, st)  # a sweep: its variants x stages matrix follows the table
     for name, stage in st.stages.items():
+        if matrix and stage.state.ok and sweepview.SEP in name:
+            continue  # shown in the matrix; a variant stage that did not succeed keeps its row and its note
         cur = stage.current
         if cur is None:
             lines.append(f"  {name:<16} {stage.state.value:<14}")
@@ -22,7 +25,7 @@ def run_table(view: status.RunView) -> str:
         exit_code = "" if cur.exit_code is None else str(cur.exit_code)
         lines.append(f"  {name:<16} {stage.state.value:<14} {cur.job_id.rsplit('/', 1)[-1]:<10} {cur.nodes or '':<14} "
                      f"{status.elapsed(cur):>9} {exit_code:>4}  {stage_note(view, name, stage)}")
-    return "\n".join(lines)
+    return "\n".join(lines + matrix)
 
 
 def stage_note(view: status.RunView, name: str, stage: StageState) -> str:
@@ -46,6 +49,8 @@ def stage_note(view: status.RunView, name: str, stage: StageState) -> str:
         note = f"{restarted}; {note}".rstrip("; ")
     if len(stage.attempts) > 1:
         note = f"attempt {len(stage.attempts)}; {note}".rstrip("; ")
+    if view.state.spec_version > 1:  # re-planned with `rerun --spec`: which spec this attempt ran with
+        note = f"spec {cur.spec_version or 1}; {note}".rstrip("; ")
     return note
 
 

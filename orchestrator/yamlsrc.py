@@ -29,6 +29,9 @@ class Located:
     path: Path
     data: Any
     lines: dict[KeyPath, int] = field(default_factory=dict)
+    # Key paths set by `--set` (orchestrator/overrides.py) -> the override's text: errors there name the override.
+    origins: dict[KeyPath, str] = field(default_factory=dict)
+    overrides: tuple[str, ...] = ()
 
     def line_of(self, loc: KeyPath) -> int:
         """Line of the deepest existing ancestor of loc (a missing key is reported at its parent)."""
@@ -38,6 +41,9 @@ class Located:
         return 1
 
     def where(self, loc: KeyPath) -> str:
+        for cut in range(len(loc), 0, -1):
+            if loc[:cut] in self.origins:
+                return f"--set {self.origins[loc[:cut]]}: {format_loc(loc)}"
         return f"{self.path}:{self.line_of(loc)}: {format_loc(loc) or '(top level)'}"
 
 

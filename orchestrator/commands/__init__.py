@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeAlias
 
-from orchestrator import plan
+from orchestrator import cache, plan
 from orchestrator import state as statelib
 from orchestrator.scheduler import Scheduler, for_cluster
 from orchestrator.state import RunPaths, Store
@@ -32,6 +32,23 @@ def load_run(ref: str | None) -> tuple[Store, plan.Plan, Scheduler]:
     paths = RunPaths(run_dir)
     saved = plan.load_saved(json.loads(paths.plan.read_text(encoding="utf-8")), paths.root / "scripts")
     return Store(run_dir), saved, for_cluster(saved.cluster, run_dir)
+
+
+def add_set_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", dest="overrides",
+                        help="change one value of the pipeline file (YAML-typed; repeatable), e.g. "
+                             "--set stages.finetune.params.lr=2.0e-4 (a stage by name or index)")
+
+
+def add_cache_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-cache", action="store_true",
+                        help="run every stage, even one an earlier run already produced with the same key")
+    parser.add_argument("--force", action="append", default=[], metavar="STAGE",
+                        help="run this stage (and what depends on it) even if an earlier run has it (repeatable)")
+
+
+def cache_options(args: argparse.Namespace) -> cache.Options:
+    return cache.Options(enabled=not args.no_cache, force=frozenset(args.force))
 
 
 def spec_path(args: argparse.Namespace) -> Path | None:

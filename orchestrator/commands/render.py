@@ -6,9 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
-from orchestrator import plan
+from orchestrator import cache, plan
 from orchestrator import state as statelib
-from orchestrator.commands import Subparsers, add_verb
+from orchestrator.commands import Subparsers, add_cache_flags, add_set_flag, add_verb, cache_options
 
 
 def add_parser(sub: Subparsers) -> None:
@@ -16,6 +16,8 @@ def add_parser(sub: Subparsers) -> None:
     p.add_argument("file")
     p.add_argument("--out", help="write scripts and plan.json to this folder")
     p.add_argument("--json", action="store_true")
+    add_set_flag(p)
+    add_cache_flags(p)
     p.set_defaults(spec_file=True)
 
 
@@ -29,7 +31,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"pipeline {built.pipeline} on cluster {built.cluster.name} ({built.cluster.scheduler})")
     for stage in built.stages:
         after = ", ".join(stage.after) or "-"
-        print(f"  {stage.name:<16} {stage.family}:{stage.kind:<12} after: {after:<24} {' '.join(stage.sbatch_flags())}")
+        print(f"  {stage.name:<16} {stage.family}:{stage.kind:<12} key {stage.key[:12]}  after: {after:<24} "
+              f"{' '.join(stage.sbatch_flags())}")
+    print("cache (what `pipeline submit` would do now, by the state files as last seen):")
+    # refresh=False: render asks no scheduler; a source still queued here is not reused, which submit re-checks
+    decisions = cache.decide(built, [s.name for s in built.stages], cache_options(args), refresh=False)
+    print("\n".join(cache.describe(built, decisions)))
     if not args.out:
         for stage in built.stages:
             print(f"\n# ===== {stage.name}.sh =====\n{stage.script}", end="")

@@ -29,6 +29,9 @@ class Kind:
     params: type[Params] = NoParams
     # Paths (relative to the workdir) the stage must leave behind; checked by the job wrapper.
     outputs: Callable[[Any, Any], list[str]] = lambda settings, params: []
+    # False: a stage of this kind is never reused from an earlier run (issue 14: e.g. inference samples, which
+    # people rerun to look at the model again, and which cost seconds).
+    cache: bool = True
 
 
 @dataclass(frozen=True)

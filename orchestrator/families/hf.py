@@ -137,7 +137,7 @@ FAMILY = Family(
         "consolidate": Kind("hf/consolidate.sh.j2", outputs=lambda s, p: ["adapter/adapter_config.json"]),
         "merge": Kind("hf/merge.sh.j2", outputs=lambda s, p: ["merged/config.json"]),
         "evaluate": Kind("hf/evaluate.sh.j2", EvaluateParams, lambda s, p: ["reports/evaluate.json"]),
-        "inference": Kind("hf/inference.sh.j2", InferenceParams, lambda s, p: ["reports/inference.json"]),
+        "inference": Kind("hf/inference.sh.j2", InferenceParams, lambda s, p: ["reports/inference.json"], cache=False),
     },
     context=_context,
     memory=_memory,

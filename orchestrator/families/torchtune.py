@@ -235,7 +235,7 @@ FAMILY = Family(
         "finetune": Kind("torchtune/finetune.sh.j2", FinetuneParams, _epoch_dir),
         "evaluate": Kind("torchtune/evaluate.sh.j2", EvaluateParams),
         "quantize": Kind("torchtune/quantize.sh.j2", QuantizeParams),
-        "generate": Kind("torchtune/generate.sh.j2", GenerateParams),
+        "generate": Kind("torchtune/generate.sh.j2", GenerateParams, cache=False),
     },
     check=_check,
     context=_context,

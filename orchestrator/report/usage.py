@@ -17,7 +17,7 @@ from orchestrator.state import Attempt, RunPaths
 
 def resource_table(rep: Report, plan: dict[str, Any], stages: dict[str, Any], paths: RunPaths) -> list[StageUse]:
     cluster = ClusterProfile.model_validate(plan["cluster"])
-    ids = [a.job_id for s in stages.values() for a in s.attempts]
+    ids = [a.job_id for s in stages.values() for a in s.attempts if a.cached_from is None]  # CACHED: no job
     acct: dict[str, Usage] = {}
     if cluster.scheduler == "slurm" and cluster.accounting != "off":
         try:

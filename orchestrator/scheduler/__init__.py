@@ -24,6 +24,29 @@ class SubmitRequest:
 
 
 @dataclass(frozen=True)
+class ArrayRequest:
+    """One job array: task i runs stage tasks[i] (a sweep's variant stages of one base stage, orchestrator/sweep.py).
+    `after` ids must complete before any task starts (afterok); for each parent array in `corr`, task i waits only
+    for that parent's task i (aftercorr, sbatch(1) of Slurm 22.05: "A task of this job array can begin execution
+    after the corresponding task ID in the specified job has completed successfully"). Every task gets the same
+    resources (sbatch --array)."""
+
+    run_dir: Path
+    run_id: str
+    stage: str  # the base stage, for the job name and tag
+    tasks: tuple[str, ...]
+    resources: Resources
+    after: tuple[str, ...] = ()
+    corr: tuple[tuple[str, ...], ...] = ()  # per parent array: its task ids, in task order (len == len(tasks))
+    hold: bool = False
+    retries: int = 0
+    throttle: int | None = None  # at most this many tasks at once (--array=0-N%throttle)
+
+
+DEFAULT_MAX_ARRAY_SIZE = 1001  # slurm.conf(5) MaxArraySize default: task indices 0..1000
+
+
+@dataclass(frozen=True)
 class JobInfo:
     state: JobState
     exit_code: int | None = None
@@ -62,6 +85,14 @@ class Scheduler(Protocol):
     kind: str
 
     def submit(self, request: SubmitRequest) -> str: ...
+
+    def submit_array(self, request: ArrayRequest) -> list[str]:
+        """Submit one job array; returns each task's job id (Slurm: `<array id>_<task>`), in task order."""
+        ...
+
+    def max_array_size(self) -> int:
+        """The most tasks one array may have (Slurm: MaxArraySize of `scontrol show config`, read once)."""
+        ...
 
     def release(self, job_ids: Sequence[str]) -> None: ...
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from orchestrator.errors import SchedulerError
-from orchestrator.scheduler import JobInfo, SubmitRequest
+from orchestrator.scheduler import ArrayRequest, JobInfo, SubmitRequest
 from orchestrator.states import JobState
 
 
@@ -23,17 +23,46 @@ class FakeScheduler:
     fail_query: bool = False
     next_id: int = 100
     repairs: dict[str, tuple[bool, str | None]] = field(default_factory=dict)  # job id -> what repair() says
+    arrays: dict[str, ArrayRequest] = field(default_factory=dict)  # array id -> its request
+    deps: dict[str, tuple[str, ...]] = field(default_factory=dict)  # job id -> what it waits for (afterok/corr)
+    max_array: int = 1001
+    submit_calls: int = 0  # one per sbatch a real backend would run
 
     def submit(self, request: SubmitRequest) -> str:
         if request.stage == self.fail_submit_of:
             raise SchedulerError(f"sbatch refused stage {request.stage}: fake refusal")
         self.next_id += 1
+        self.submit_calls += 1
         job_id = str(self.next_id)
         self.requests[job_id] = request
+        self.deps[job_id] = request.after
         self.jobs[job_id] = JobInfo(JobState.PENDING, reason="JobHeldUser" if request.hold else "Dependency")
         if request.hold:
             self.held.add(job_id)
         return job_id
+
+    def submit_array(self, request: ArrayRequest) -> list[str]:
+        if request.stage == self.fail_submit_of:
+            raise SchedulerError(f"sbatch refused stage {request.stage}: fake refusal")
+        if len(request.tasks) > self.max_array:
+            raise SchedulerError(f"sbatch: error: Batch job submission failed: Invalid job array specification "
+                                 f"({len(request.tasks)} tasks > MaxArraySize {self.max_array})")
+        self.next_id += 1
+        self.submit_calls += 1
+        base = str(self.next_id)
+        self.arrays[base] = request
+        ids = [f"{base}_{i}" for i in range(len(request.tasks))]
+        for index, (job_id, stage) in enumerate(zip(ids, request.tasks)):
+            self.requests[job_id] = SubmitRequest(request.run_dir, request.run_id, stage, request.resources,
+                                                  request.after, request.hold, request.retries)
+            self.deps[job_id] = request.after + tuple(parent[index] for parent in request.corr)
+            self.jobs[job_id] = JobInfo(JobState.PENDING, reason="JobHeldUser" if request.hold else "Dependency")
+            if request.hold:
+                self.held.add(job_id)
+        return ids
+
+    def max_array_size(self) -> int:
+        return self.max_array
 
     def release(self, job_ids: Sequence[str]) -> None:
         self.held.difference_update(job_ids)
@@ -68,6 +97,6 @@ class FakeScheduler:
         """Test helper: move a job to a final state, cancelling dependents like --kill-on-invalid-dep."""
         self.jobs[job_id] = JobInfo(state, exit_code=exit_code, nodes="node1")
         if state is not JobState.COMPLETED:
-            for other, request in self.requests.items():
-                if job_id in request.after and not self.jobs[other].state.terminal:
+            for other, waits in self.deps.items():
+                if job_id in waits and not self.jobs[other].state.terminal:
                     self.finish(other, JobState.CANCELLED)

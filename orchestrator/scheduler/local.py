@@ -19,7 +19,7 @@ from typing import Any
 
 from orchestrator import state as statelib
 from orchestrator.errors import SchedulerError
-from orchestrator.scheduler import JobInfo, SubmitRequest
+from orchestrator.scheduler import DEFAULT_MAX_ARRAY_SIZE, ArrayRequest, JobInfo, SubmitRequest
 from orchestrator.secrets import job_env
 from orchestrator.states import JobState
 
@@ -85,6 +85,27 @@ class LocalScheduler:
         if not request.hold:
             start_driver(request.run_dir)
         return f"{request.run_id}/{number}"
+
+    def submit_array(self, request: ArrayRequest) -> list[str]:
+        """One job per task, each waiting for `after` and for task i of each parent array only: the driver then
+        keeps aftercorr's per-task pairing. Each task gets SLURM_ARRAY_JOB_ID/SLURM_ARRAY_TASK_ID as on Slurm."""
+        jobs = LocalJobs(request.run_dir)
+        ids = []
+        with jobs.locked():
+            first = int(jobs.next_number())
+            for index, stage in enumerate(request.tasks):
+                number = str(first + index)
+                after = list(request.after) + [parent[index] for parent in request.corr]
+                jobs.write(number, {"stage": stage, "after": after, "state": "PENDING", "held": request.hold,
+                                    "submitted": statelib.now_iso(), "retries": request.retries,
+                                    "env": {"SLURM_ARRAY_JOB_ID": str(first), "SLURM_ARRAY_TASK_ID": str(index)}})
+                ids.append(f"{request.run_id}/{number}")
+        if not request.hold:
+            start_driver(request.run_dir)
+        return ids
+
+    def max_array_size(self) -> int:
+        return DEFAULT_MAX_ARRAY_SIZE  # no controller to ask; the same split as a default Slurm
 
     def release(self, job_ids: Sequence[str]) -> None:
         for run_dir, numbers in self._by_run(job_ids).items():

@@ -70,7 +70,7 @@ def _run(jobs: LocalJobs, run_dir: Path, number: str) -> None:
     while True:
         child = subprocess.Popen([sys.executable, "-m", "orchestrator.jobside", str(run_dir), job["stage"], job_id],
                                  stdin=subprocess.DEVNULL, start_new_session=True,
-                                 env={**os.environ, "SLURM_RESTART_COUNT": str(attempts)})
+                                 env={**os.environ, **job.get("env", {}), "SLURM_RESTART_COUNT": str(attempts)})
         _started(jobs, number, child.pid)
         rc = child.wait()
         current = jobs.read(number) or {}

@@ -20,16 +20,19 @@ from typing import Any
 from orchestrator import proc
 from orchestrator.errors import CommandError, SchedulerError
 from orchestrator.jobside import run_stage
-from orchestrator.scheduler import AccountingUnavailable, JobInfo, SubmitRequest
+from orchestrator.scheduler import (DEFAULT_MAX_ARRAY_SIZE, AccountingUnavailable, ArrayRequest, JobInfo,
+                                    SubmitRequest)
 from orchestrator.secrets import job_env
 from orchestrator.spec import ClusterProfile
 from orchestrator.state import faultpoint
 from orchestrator.states import JobState, from_slurm, is_held
 
 # Restarts is not a sacct field on 22.05; the restart count comes from the job-written records.
-SACCT_FIELDS = "JobIDRaw,State,ExitCode,NodeList,Start,End,Reason"
-SQUEUE_FORMAT = "%i|%T|%r|%N|%S"
-USAGE_FIELDS = "JobIDRaw,ElapsedRaw,NNodes,AllocTRES,TotalCPU,CPUTimeRAW,MaxRSS"
+# JobID, not JobIDRaw: an array task is `<array id>_<task>` there (JobIDRaw is each task's own number), the id
+# sbatch --parsable gave and the one our state records; for a plain job both are the same.
+SACCT_FIELDS = "JobID,State,ExitCode,NodeList,Start,End,Reason"
+SQUEUE_FORMAT = "%i|%T|%r|%N|%S"  # with -r (--array): one line per array task, `123_4`, never `123_[0-7]`
+USAGE_FIELDS = "JobID,ElapsedRaw,NNodes,AllocTRES,TotalCPU,CPUTimeRAW,MaxRSS"
 QUERY_TIMEOUT_S = 30.0
 REQUEUABLE = frozenset({JobState.NODE_FAIL, JobState.PREEMPTED})
 
@@ -46,27 +49,65 @@ class SlurmScheduler:
         self.run_dir = run_dir
         self.cluster = cluster
         self.query_calls = 0  # RPCs made by query(); asserted by tests and the benchmark
+        self._max_array: int | None = None
 
     def submit(self, request: SubmitRequest) -> str:
-        executor = _executor(request.run_dir / "submitit" / "%j", self.cluster.python or sys.executable,
-                             request.stage)
+        executor = self._executor_for(request.run_dir, request.stage)
+        executor.update_parameters(**self._parameters(request))
+        jobs = self._submitting(request.run_dir, request.stage,
+                                lambda: [executor.submit(run_stage, str(request.run_dir), request.stage)])
+        return str(jobs[0].job_id)
+
+    def submit_array(self, request: ArrayRequest) -> list[str]:
+        """One sbatch --array through submitit's map_array (submitit 1.5.4 slurm/slurm.py
+        SlurmExecutor._internal_process_submissions: one pickle per task, moved to submitit/<A>_<i>/ once sbatch
+        answered; the task finds its own by SLURM_ARRAY_JOB_ID/SLURM_ARRAY_TASK_ID, and so runs tasks[i])."""
+        if len(request.tasks) < 2:
+            raise SchedulerError("a job array needs two tasks or more; submit a single stage as a job")
+        executor = self._executor_for(request.run_dir, request.stage)
+        single = SubmitRequest(request.run_dir, request.run_id, request.stage, request.resources, request.after,
+                               request.hold, request.retries)
+        params = self._parameters(single)
+        dependency = [str(params.pop("dependency"))] if "dependency" in params else []
+        dependency += [f"aftercorr:{array_id(ids, len(request.tasks))}" for ids in request.corr]
+        if dependency:
+            params["dependency"] = ",".join(dependency)  # comma: every one of them must hold (sbatch(1))
+        # submitit writes --array=0-(n-1)%min(n, array_parallelism) (slurm.py _make_sbatch_string)
+        params["array_parallelism"] = request.throttle or len(request.tasks)
+        executor.update_parameters(**params)
+        n = len(request.tasks)
+        jobs = self._submitting(request.run_dir, request.stage,
+                                lambda: executor.map_array(run_stage, [str(request.run_dir)] * n, list(request.tasks)))
+        return [str(job.job_id) for job in jobs]
+
+    def max_array_size(self) -> int:
+        """MaxArraySize from `scontrol show config`, asked once per scheduler (one per submit)."""
+        if self._max_array is None:
+            out = proc.run(["scontrol", "show", "config"], timeout=QUERY_TIMEOUT_S, check=False)
+            self._max_array = parse_max_array_size(out.stdout) if out.returncode == 0 else DEFAULT_MAX_ARRAY_SIZE
+        return self._max_array
+
+    def _executor_for(self, run_dir: Path, stage: str) -> Any:
+        executor = _executor(run_dir / "submitit" / "%j", self.cluster.python or sys.executable, stage)
         # submitit spaces sbatch calls 0.2 s apart for large sweeps; a chain is a handful of jobs and the
         # submit-in-one-second target matters more (peers.md section 8, "Throughput and latency").
         executor._throttling = 0.0
-        executor.update_parameters(**self._parameters(request))
+        return executor
+
+    def _submitting(self, run_dir: Path, stage: str, call: Any) -> list[Any]:
         env_before = dict(os.environ)
         # The submitter's environment goes to the job (sbatch --export=ALL): strip secrets first.
         os.environ.clear()
-        os.environ.update(job_env(request.run_dir, env_before))
+        os.environ.update(job_env(run_dir, env_before))
         try:
-            job = executor.submit(run_stage, str(request.run_dir), request.stage)
+            jobs: list[Any] = call()
         except Exception as exc:  # submitit raises FailedJobError or subprocess errors; both mean "not queued"
-            raise SchedulerError(f"sbatch refused stage {request.stage}: {exc}",
+            raise SchedulerError(f"sbatch refused stage {stage}: {exc}",
                                  "fix the cause, then `pipeline submit --resume RUN` finishes the submission") from None
         finally:
             os.environ.clear()
             os.environ.update(env_before)
-        return str(job.job_id)
+        return jobs
 
     def _parameters(self, request: SubmitRequest) -> dict[str, object]:
         res = request.resources
@@ -93,7 +134,10 @@ class SlurmScheduler:
     def release(self, job_ids: Sequence[str]) -> None:
         if not job_ids:
             return
-        out = proc.run(["scontrol", "release", ",".join(job_ids)], timeout=QUERY_TIMEOUT_S, check=False)
+        # A held array is released whole (`scontrol release 123`), not task by task: naming a task splits it off
+        # the array's one pending record. Our arrays are submitted for one run and released together.
+        ids = list(dict.fromkeys(j.partition("_")[0] for j in job_ids))
+        out = proc.run(["scontrol", "release", ",".join(ids)], timeout=QUERY_TIMEOUT_S, check=False)
         # Releasing a job that is not held (or already ended) is what we want anyway; anything else is not.
         harmless = ("not held", "already completed", "invalid job id", "job has already finished",
                     "error: no error")  # 22.05 prints "slurm_suspend error: No error" for a running job
@@ -135,15 +179,15 @@ class SlurmScheduler:
         if not names:
             return {}
         found: dict[str, set[str]] = {}
-        out = proc.run(["squeue", "-h", "--states=all", "-o", "%i|%j", "--name", ",".join(names)],
+        out = proc.run(["squeue", "-h", "-r", "--states=all", "-o", "%i|%j", "--name", ",".join(names)],
                        timeout=QUERY_TIMEOUT_S).stdout
         if self.cluster.accounting != "off":
-            acct = proc.run(["sacct", "-X", "-n", "-P", "-o", "JobIDRaw,JobName", "-S", "now-7days",
+            acct = proc.run(["sacct", "-X", "-n", "-P", "-o", "JobID,JobName", "-S", "now-7days",
                              "--name", ",".join(names)], timeout=QUERY_TIMEOUT_S, check=False)
             out += acct.stdout if acct.returncode == 0 else ""
         for line in out.splitlines():
             job_id, _, name = line.partition("|")
-            if name in names and job_id.isdigit():
+            if name in names and job_id.replace("_", "", 1).isdigit():
                 found.setdefault(names[name], set()).add(job_id)
         return {stage: sorted(ids, key=int) for stage, ids in found.items()}
 
@@ -201,7 +245,7 @@ class SlurmScheduler:
             return {}
         self.query_calls += 1
         try:
-            out = proc.run(["squeue", "-h", "--states=all", "-o", SQUEUE_FORMAT, "-j", ",".join(job_ids)],
+            out = proc.run(["squeue", "-h", "-r", "--states=all", "-o", SQUEUE_FORMAT, "-j", ",".join(job_ids)],
                            timeout=QUERY_TIMEOUT_S, check=False)
         except Exception as exc:
             raise SchedulerError(f"squeue failed: {exc}") from None
@@ -241,6 +285,32 @@ def _executor(folder: Path, python: str, stage: str) -> Any:
     return Executor(folder=folder, python=python, max_num_timeout=0)
 
 
+def array_id(task_ids: Sequence[str], tasks: int) -> str:
+    """The array job id of task ids `A_0 .. A_(n-1)`; anything else cannot be paired task by task (aftercorr)."""
+    base = task_ids[0].partition("_")[0] if task_ids else ""
+    if list(task_ids) != [f"{base}_{i}" for i in range(tasks)]:
+        raise SchedulerError(f"aftercorr needs a parent array of the same {tasks} tasks, got {', '.join(task_ids)}")
+    return base
+
+
+def parse_max_array_size(text: str) -> int:
+    """`MaxArraySize = 1001` of `scontrol show config`: the most tasks of one array (indices 0..value-1)."""
+    match = re.search(r"^MaxArraySize\s*=\s*(\d+)", text, re.MULTILINE)
+    return int(match.group(1)) if match else DEFAULT_MAX_ARRAY_SIZE
+
+
+def expand_array_ids(job_id: str) -> list[str]:
+    """`123_[0-2,5%2]` (a pending array's one record in sacct/squeue) -> 123_0 123_1 123_2 123_5; others as is."""
+    match = re.fullmatch(r"(\d+)_\[([0-9,\-]+)(%\d+)?\]", job_id)
+    if not match:
+        return [job_id]
+    ids = []
+    for part in match.group(2).split(","):
+        lo, _, hi = part.partition("-")
+        ids += [f"{match.group(1)}_{i}" for i in range(int(lo), int(hi or lo) + 1)] if lo.isdigit() else []
+    return ids
+
+
 def parse_sacct(text: str) -> dict[str, JobInfo]:
     """Rows of `sacct -X -D`: with -D (--duplicates) a requeued job has one row per run, oldest first (sacct(1));
     the last is the current run, the earlier ones are its restarts: state, end time and node of each."""
@@ -249,17 +319,18 @@ def parse_sacct(text: str) -> dict[str, JobInfo]:
         parts = line.split("|")
         if len(parts) < 7 or not parts[0]:
             continue
-        job_id, state, exit_code, nodes, start, end, reason = parts[:7]
+        record, state, exit_code, nodes, start, end, reason = parts[:7]
         code, _, sig = exit_code.partition(":")
-        earlier = result.get(job_id)
-        history = earlier.history + (_run_summary(earlier),) if earlier is not None else ()
-        result[job_id] = JobInfo(
-            state=from_slurm(state),
-            exit_code=_exit(code, sig),
-            nodes=None if nodes in ("", "None assigned") else nodes,
-            start=_time(start), end=_time(end), reason=None if reason in ("", "None") else reason,
-            restarts=len(history), history=history, extra={"raw_state": state},
-        )
+        for job_id in expand_array_ids(record):
+            earlier = result.get(job_id)
+            history = earlier.history + (_run_summary(earlier),) if earlier is not None else ()
+            result[job_id] = JobInfo(
+                state=from_slurm(state),
+                exit_code=_exit(code, sig),
+                nodes=None if nodes in ("", "None assigned") else nodes,
+                start=_time(start), end=_time(end), reason=None if reason in ("", "None") else reason,
+                restarts=len(history), history=history, extra={"raw_state": state},
+            )
     return result
 
 
@@ -285,11 +356,12 @@ def parse_squeue(text: str) -> dict[str, JobInfo]:
         parts = line.split("|")
         if len(parts) < 5:
             continue
-        job_id, raw, reason, nodes, start = parts[:5]
+        record, raw, reason, nodes, start = parts[:5]
         why = None if reason in ("", "None") else reason
         state = JobState.HELD if is_held(from_slurm(raw), raw, why) else from_slurm(raw)
-        result[job_id] = JobInfo(state=state, nodes=nodes or None, start=_time(start), reason=why,
-                                 extra={"raw_state": raw, "source": "controller"})
+        for job_id in expand_array_ids(record):
+            result[job_id] = JobInfo(state=state, nodes=nodes or None, start=_time(start), reason=why,
+                                     extra={"raw_state": raw, "source": "controller"})
     return result
 
 
