@@ -26,6 +26,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -454,3 +455,25 @@ def reused_lines(store: Store) -> list[str]:
     """After a submit or rerun: the stages now CACHED, and where their outputs came from."""
     return [f"{name}: CACHED ({stage.current.reason})" for name, stage in store.read().stages.items()
             if stage.current is not None and stage.state is JobState.CACHED and stage.current.cached_from is not None]
+
+
+def break_shared_links(workdir: Path, roots: Iterable[str]) -> int:
+    """Before a stage runs, give it its own copy of every output file it shares with another run through a hard
+    link (a later run adopted it): programs rewrite outputs in place (open(..., "wb") truncates the same inode),
+    which would change the other run's files under it. Copy then rename keeps the content (a download that skips
+    files already present still can), so only this run's name points at the new inode. Returns how many."""
+    count = 0
+    for root in roots:
+        top = workdir / root
+        candidates = [top] if top.is_file() else [Path(d) / f for d, _, fs in os.walk(top) for f in fs]
+        for path in candidates:
+            try:
+                if path.is_symlink() or path.stat().st_nlink < 2:
+                    continue
+                tmp = path.with_name(f".{path.name}.{os.getpid()}.unshare")
+                shutil.copy2(path, tmp)  # copy2 keeps the mtime, so the source's manifest still matches
+                os.replace(tmp, path)
+                count += 1
+            except OSError:
+                continue
+    return count

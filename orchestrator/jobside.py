@@ -73,6 +73,9 @@ def execute(run_dir: Path, stage: str, job_id: str) -> int:
     with open(log_path, "ab", buffering=0) as log:
         log.write(f"=== pipeline: stage {stage} job {job_id} restart {restarts} on {record['host']} "
                   f"at {record['start']}\n".encode())
+        unshared = cache.break_shared_links(paths.workdir(plan["workdir"]), spec.get("output_roots") or [])
+        if unshared:
+            log.write(f"=== pipeline: {unshared} output file(s) shared with a later run copied first\n".encode())
         rc, reason = _run_script(paths, plan, stage, job_id, log)
         if rc == 0:
             missing = _missing_outputs(plan, paths, spec["outputs"])

@@ -10,6 +10,7 @@ from pathlib import Path
 from orchestrator import status
 from orchestrator.commands import Subparsers, add_verb, load_run
 from orchestrator.errors import PipelineError
+from orchestrator.state import RunPaths
 
 
 def add_parser(sub: Subparsers) -> None:
@@ -29,6 +30,10 @@ def run(args: argparse.Namespace) -> int:
     if current is None:
         raise PipelineError(f"stage {args.stage} was never submitted")
     log = store.paths.log(args.stage, current.job_id)
+    source = current.cached_from
+    if source is not None:  # CACHED: no job here; the log is that of the job that made the outputs
+        print(f"(stage {args.stage} is CACHED from run {source.run_id}, job {source.job_id}: its log)")
+        log = RunPaths(Path(source.run_dir)).log(source.stage, source.job_id)
     if not log.exists():
         print(f"(no log yet: {log}; the job has not started)")
         return 0

@@ -35,6 +35,9 @@ def test_cache_set_and_rerun_spec_on_the_local_backend(write_spec, capsys):
     assert jobs_of(second) == {"download": [], "finetune": [], "merge": []}
     assert f"merge: CACHED (from run {first.run_id}, job " in capsys.readouterr().err
     work2 = latest_run() / "work"
+    assert run_cli("logs", second.run_id, "merge") == 0  # a CACHED stage shows the log of the job that made it
+    shown = capsys.readouterr().out
+    assert f"CACHED from run {first.run_id}" in shown and f"stage merge job {first.stages['merge'].current.job_id}" in shown
     assert (work2 / "merged" / "model").read_text() == "weights\n0.001\n"
 
     # One changed learning rate: finetune and merge run, download is reused; the run stores the effective spec.

@@ -257,6 +257,23 @@ def test_rerun_notices_a_cached_source_gone(write_spec, tmp_path, fake):
     assert os.stat(first.paths.workdir_default / "model" / "weights.bin").st_nlink == 1
 
 
+def test_rerunning_the_source_stage_leaves_the_adopting_run_alone(write_spec, tmp_path, fake):
+    """merge rewrites merged/model in place (`cat > file` truncates the inode): the job wrapper first gives the
+    source run its own copy, so the run that hard-linked the file keeps its outputs unchanged."""
+    path = write_spec(chain())
+    first, built, _ = submit(path, fake, tmp_path / "runs")
+    run_jobs(first, fake)
+    second, second_plan, _ = submit(path, fake, tmp_path / "runs")
+    shared = second.paths.workdir_default / "merged" / "model"
+    assert os.stat(shared).st_nlink == 2
+    recorded = os.stat(shared).st_mtime_ns
+    assert list(apply.rerun(first, built, fake, stage="merge")) == ["merge"]
+    run_jobs(first, fake)
+    assert os.stat(shared).st_nlink == 1 and os.stat(shared).st_mtime_ns == recorded
+    assert cache.verify_own(second, second_plan, ["merge"]) == {}
+    assert any("copied first" in log.read_text() for log in (first.paths.root / "logs").glob("merge.*"))
+
+
 def test_plain_rerun_keeps_completed_stages_that_declare_no_outputs(write_spec, tmp_path, fake):
     """Regression (seen on Slurm): an empty manifest must not make a completed upstream stage look changed."""
     flag = tmp_path / "second-try"
