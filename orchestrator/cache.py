@@ -247,7 +247,10 @@ def find(stage: StagePlan, cluster: str, refresh: bool) -> tuple[CacheSource | N
         return None, f"no earlier run has key {stage.key[:12]}"
     reasons = []
     for entry in found:
-        why = _check_entry(entry, stage, cluster, refresh)
+        try:
+            why = _check_entry(entry, stage, cluster, refresh)
+        except OSError as exc:  # an unreadable output or record: doubt, so the stage runs
+            why = f"cannot read its outputs ({exc})"
         if why is None:
             source = CacheSource(run_id=str(entry["run_id"]), run_dir=str(entry["run_dir"]),
                                  stage=str(entry["stage"]), job_id=str(entry["job_id"]), key=stage.key)

@@ -21,7 +21,9 @@ from typing import Any
 
 KEY_VERSION = 1  # bump when what goes into a key changes: every older key then misses, never falsely hits
 SPEC_DIR_PLACEHOLDER = "<spec_dir>"
-MAX_HASHED_FILE_BYTES = 1 << 30  # a data file larger than this is a mistake in a spec folder; hashing it would stall
+# Files up to this size are hashed by content; larger ones (a local model's shards) by size + mtime, so a render or
+# submit never spends minutes hashing weights; a rewrite still changes the mtime.
+MAX_HASHED_FILE_BYTES = 64 << 20
 MAX_DIR_FILES = 10_000
 
 
