@@ -209,6 +209,10 @@ def decide(plan: Plan, names: Collection[str], options: Options, refresh: bool =
     """For each of `names` (topological order), whether an earlier run's outputs can stand in for it, and why
     (not). A stage runs when any parent of it among `names` runs, or is in `must_run`. `refresh`: ask the
     scheduler about a source stage whose state file is not final yet (render does not)."""
+    unknown = sorted(options.force - {s.name for s in plan.stages})
+    if unknown:
+        raise PipelineError(f"--force {unknown[0]}: the pipeline has no stage {unknown[0]!r}",
+                            f"stages: {', '.join(s.name for s in plan.stages)}")
     decisions: dict[str, Decision] = {}
     for name in [n for n in dag.topological(plan.parents()) if n in names]:
         stage = plan.stage(name)

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import apply, cache, jobside, overrides, plan, spec, status
+from orchestrator import apply, cache, jobside, loader, overrides, plan, spec, status
 from orchestrator.errors import PipelineError, SpecError
 from orchestrator.scheduler.fake import FakeScheduler
 from orchestrator.state import Store
 from orchestrator.states import JobState
+from tests.helpers import run_cli
 
 CHAIN = """
     name: chain
@@ -59,7 +60,7 @@ def fake() -> FakeScheduler:
 
 def submit(path: Path, fake: FakeScheduler, root: Path, options: cache.Options = cache.Options(),
            sets: tuple[str, ...] = ()) -> tuple[Store, plan.Plan, dict[str, cache.Decision]]:
-    loaded = spec.load(path, overrides=sets)
+    loaded = loader.load(path, overrides=sets)
     built = plan.build(loaded)
     store = apply.create_run(loaded, built, root)
     decisions = apply.submit_with_cache(store, built, fake, {s.name for s in built.stages}, options, 1)
@@ -87,12 +88,12 @@ def submitted(fake: FakeScheduler, store: Store) -> list[str]:
 
 
 def test_keys_equal_across_runs_and_folders_resources_do_not_count(write_spec, tmp_path):
-    first = plan.build(spec.load(write_spec(chain())))
-    again = plan.build(spec.load(write_spec(chain(), "copy.yaml")))
+    first = plan.build(loader.load(write_spec(chain())))
+    again = plan.build(loader.load(write_spec(chain(), "copy.yaml")))
     moved_dir = tmp_path / "elsewhere"
     moved_dir.mkdir()
     (moved_dir / "p.yaml").write_text(chain(**{'time: "10"': 'time: "30", nodes: 1'}))
-    moved = plan.build(spec.load(moved_dir / "p.yaml"))
+    moved = plan.build(loader.load(moved_dir / "p.yaml"))
     keys = {s.name: s.key for s in first.stages}
     assert all(len(k) == 64 for k in keys.values()) and len(set(keys.values())) == 4
     assert keys == {s.name: s.key for s in again.stages}
@@ -101,8 +102,8 @@ def test_keys_equal_across_runs_and_folders_resources_do_not_count(write_spec, t
 
 
 def test_changed_param_changes_its_key_and_dependents_only(write_spec):
-    base = {s.name: s.key for s in plan.build(spec.load(write_spec(chain()))).stages}
-    edited = {s.name: s.key for s in plan.build(spec.load(write_spec(chain(**{"lr: 0.001": "lr: 0.002"}), "b.yaml"))).stages}
+    base = {s.name: s.key for s in plan.build(loader.load(write_spec(chain()))).stages}
+    edited = {s.name: s.key for s in plan.build(loader.load(write_spec(chain(**{"lr: 0.001": "lr: 0.002"}), "b.yaml"))).stages}
     assert [n for n in base if base[n] != edited[n]] == ["finetune", "merge"]
 
 
@@ -119,9 +120,9 @@ def test_data_file_content_is_part_of_the_key(write_spec, tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "train.jsonl").write_text('{"a": 1}\n')
     path = write_spec(text)
-    before = plan.build(spec.load(path)).stages[0].key
+    before = plan.build(loader.load(path)).stages[0].key
     (tmp_path / "data" / "train.jsonl").write_text('{"a": 2}\n')
-    assert plan.build(spec.load(path)).stages[0].key != before
+    assert plan.build(loader.load(path)).stages[0].key != before
 
 
 def test_output_roots_stop_where_another_stage_writes():
@@ -295,7 +296,7 @@ def test_plain_rerun_keeps_completed_stages_that_declare_no_outputs(write_spec, 
 def test_rerun_spec_resubmits_changed_and_dependents_and_records_versions(write_spec, tmp_path, fake):
     run, built, _ = submit(write_spec(chain()), fake, tmp_path / "runs")
     run_jobs(run, fake)
-    edited = spec.load(write_spec(chain(**{"lr: 0.001": "lr: 0.01"}), "edited.yaml"))
+    edited = loader.load(write_spec(chain(**{"lr: 0.001": "lr: 0.01"}), "edited.yaml"))
     notes: list[str] = []
     decisions = apply.replan(run, built, edited, plan.build(edited), fake, notes=notes)
     assert sorted(decisions) == ["finetune", "merge"]
@@ -307,14 +308,14 @@ def test_rerun_spec_resubmits_changed_and_dependents_and_records_versions(write_
     run_jobs(run, fake)
     assert (run.paths.workdir_default / "merged" / "model").read_text() == "base\n0.01\n"
     with pytest.raises(PipelineError, match="changes no stage's key"):
-        same = spec.load(write_spec(chain(**{"lr: 0.001": "lr: 0.01", 'time: "10"': 'time: "20"'}), "t.yaml"))
+        same = loader.load(write_spec(chain(**{"lr: 0.001": "lr: 0.01", 'time: "10"': 'time: "20"'}), "t.yaml"))
         apply.replan(run, plan.load_saved(json.loads(run.paths.plan.read_text()), run.paths.root / "scripts"), same,
                      plan.build(same), fake)
 
 
 def test_rerun_spec_refuses_to_drop_a_live_stage(write_spec, tmp_path, fake):
     run, built, _ = submit(write_spec(chain()), fake, tmp_path / "runs")
-    renamed = spec.load(write_spec(chain().replace("name: report", "name: sizes"), "r.yaml"))
+    renamed = loader.load(write_spec(chain().replace("name: report", "name: sizes"), "r.yaml"))
     before = run.paths.plan.read_text()
     with pytest.raises(PipelineError, match="removes or renames stage.s. report .job \\d+.*live job"):
         apply.replan(run, built, renamed, plan.build(renamed), fake)
@@ -327,13 +328,23 @@ def test_rerun_spec_refuses_to_drop_a_live_stage(write_spec, tmp_path, fake):
 def test_set_by_name_and_index_yaml_typed(write_spec):
     path = write_spec(chain())
     # YAML-typed exactly as in the file: PyYAML (YAML 1.1) reads 2.0e-4 as a float and 2e-4 as a string.
-    loaded = spec.load(path, overrides=["stages.finetune.params.lr=2.0e-4", "stages.0.params.source=[a, b]",
+    loaded = loader.load(path, overrides=["stages.finetune.params.lr=2.0e-4", "stages.0.params.source=[a, b]",
                                         "env.extra=yes please"])
     stages = {s.name: s for s in loaded.pipeline.stages}
     assert stages["finetune"].params["lr"] == 2e-4 and stages["download"].params["source"] == ["a", "b"]
     assert loaded.pipeline.env == {"extra": "yes please"}
     text = overrides.effective_text(loaded.source)
     assert "--set stages.finetune.params.lr=2.0e-4" in text and "lr: 0.0002" in text
+
+
+def test_validate_and_force_on_the_command_line(write_spec, capsys):
+    path = write_spec(chain())
+    assert run_cli("validate", str(path), "--set", "stages.merge.retries=2") == 0
+    assert run_cli("validate", str(path), "--set", "stages.merge.retries=-1") == 1
+    assert "--set stages.merge.retries=-1: stages[2].retries: Input should be greater than or equal to 0" in \
+        capsys.readouterr().err
+    assert run_cli("submit", str(path), "--dry-run", "--force", "nosuch") == 1
+    assert "--force nosuch: the pipeline has no stage 'nosuch'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("item, message", [
@@ -347,4 +358,4 @@ def test_set_by_name_and_index_yaml_typed(write_spec):
 ])
 def test_bad_set_names_the_override(write_spec, item, message):
     with pytest.raises(SpecError, match=message):
-        spec.load(write_spec(chain()), overrides=[item])
+        loader.load(write_spec(chain()), overrides=[item])
