@@ -387,7 +387,7 @@ def _link(src: Path, dst: Path) -> str:
 
 def cached_job_id(source: CacheSource) -> str:
     """The attempt id of a CACHED stage: no job of its own; names the job that made the outputs."""
-    return f"cached-{source.job_id.replace('/', '_')}"
+    return f"cached-{source.job_id.rsplit('/', 1)[-1]}"  # the local backend's ids are <run id>/<n>: keep <n>
 
 
 def _mark_cached(store: Store, name: str, source: CacheSource, spec_version: int | None) -> None:
