@@ -74,7 +74,8 @@ def check_chained_per_variant(ids: dict[str, str], variants: int) -> dict[str, d
 
 
 def test_four_variants_share_download_and_run_as_arrays_chained_by_aftercorr(slurm_cluster, write_spec):
-    path = write_spec(sweep_spec(sleeps="[8, 1, 4, 1]").replace(", stages.finetune.params.fail: 1", ""))
+    text = sweep_spec(sleeps="[8, 1, 4, 1]").replace(", stages.finetune.params.fail: 1", "")
+    path = write_spec(text.replace("sweep:\n", "sweep:\n  throttle: 2\n"))
     assert run_cli("submit", str(path)) == 0
     run_dir = latest_run()
     ids = jobs(run_dir)
@@ -84,7 +85,9 @@ def test_four_variants_share_download_and_run_as_arrays_chained_by_aftercorr(slu
     assert finetune == [f"{array}_{i}" for i in range(4)]
     # the controller holds the pending finetunes as ONE array record while download runs
     queued = subprocess.run(["squeue", "-h", "-o", "%i", "-j", array], capture_output=True, text=True).stdout.split()
-    assert queued == [f"{array}_[0-3]"] or all(q.startswith(f"{array}_") for q in queued)
+    assert queued == [f"{array}_[0-3%2]"] or all(q.startswith(f"{array}_") for q in queued)
+    shown = subprocess.run(["scontrol", "show", "job", array], capture_output=True, text=True, check=True).stdout
+    assert "ArrayTaskThrottle=2" in shown  # sweep.throttle -> --array=0-3%2
     assert wait_terminal(run_dir, timeout=240) == {n: S.COMPLETED for n in ids}
     rows = check_chained_per_variant(ids, 4)
     in_array = sorted(j for j in rows if j.startswith(f"{array}_"))
