@@ -4,4 +4,8 @@ Layers (see docs/architecture.md): spec -> plan (pure) -> apply (Scheduler) -> s
 The orchestrator never imports torch; only programs under stages/ do.
 """
 
+from pathlib import Path
+
 __version__ = "0.1.0"
+# The folder holding the `stages` package: jobs put it on PYTHONPATH (jobside), containers must mount it.
+STAGES_PATH = str(Path(__file__).resolve().parent.parent)

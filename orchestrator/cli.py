@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from orchestrator import __version__, loader, spec
+from orchestrator import __version__, loader
 from orchestrator.commands import (
     cancel,
     clusters,
@@ -72,7 +72,7 @@ def _target(args: argparse.Namespace, file: Path | None) -> remote_types.Target 
     if not here and (args.host or args.remote_cluster):
         return _global_target(args)
     overrides = getattr(args, "overrides", None) or ()
-    args.spec = spec.load(file, overrides=overrides) if file and not getattr(args, "resume", None) else None
+    args.spec = loader.load(file, overrides=overrides) if file and not getattr(args, "resume", None) else None
     if here or args.spec is None or args.spec.cluster.remote is None:
         return None
     return remote.resolve(args.spec.cluster.remote)
@@ -83,7 +83,7 @@ def _global_target(args: argparse.Namespace) -> remote_types.Target:
 
     if args.host:
         return remote.Target.parse(args.host)
-    profile = spec.find_profile(args.remote_cluster)
+    profile = loader.find_profile(args.remote_cluster)
     if profile.remote is None:
         raise PipelineError(f"cluster profile {args.remote_cluster!r} has no `remote:` section")
     return remote.resolve(profile.remote)

@@ -13,8 +13,10 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+import orchestrator
 from orchestrator import yamlsrc
-from orchestrator.spec import ClusterProfile, Container, Pipeline, error_at
+from orchestrator.spec import ClusterProfile, Container, Pipeline
+from orchestrator.yamlsrc import error_at
 
 
 def flags(container: Container | None) -> list[str]:
@@ -54,10 +56,8 @@ def _absolute_strings(value: Any) -> Iterator[str]:
 
 def needed(pipeline: Pipeline, cluster: ClusterProfile, params: dict[str, Any]) -> list[tuple[str, str]]:
     """(path, what it is) for every path a stage in a container reads or writes."""
-    from orchestrator.jobside import STAGES_PATH  # late: jobside imports the spec models
-
     paths = [(os.path.expanduser(cluster.run_root or ""), "the run directory (cluster run_root)"),
-             (STAGES_PATH, "pipeline's stage programs (python -m stages)")]
+             (orchestrator.STAGES_PATH, "pipeline's stage programs (python -m stages)")]
     if pipeline.workdir:
         paths.append((os.path.expanduser(pipeline.workdir), "workdir"))
     if pipeline.venv:

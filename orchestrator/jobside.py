@@ -19,13 +19,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from orchestrator import cache, notify, proc, tracking
+from orchestrator import STAGES_PATH, cache, notify, proc, tracking
 from orchestrator import secrets as secretlib
 from orchestrator.errors import PipelineError
 from orchestrator.spec import SecretRef
 from orchestrator.state import RunPaths, atomic_write, now_iso
 
-STAGES_PATH = str(Path(__file__).resolve().parent.parent)  # the folder holding the `stages` package
 OUTPUT_MISSING_RC = 86  # distinct, so the log and status say "outputs missing", not a program crash
 SECRET_FAILED_RC = 87
 GRACE_S = 60  # time the program gets to checkpoint before the requeue

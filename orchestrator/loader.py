@@ -1,14 +1,111 @@
-"""Reading pipeline files: YAML (yamlsrc: located values, bomb and depth limits) -> the files a spec references
-(`referenced_files`, what remote mode uploads)."""
+"""Reading pipeline files: YAML (yamlsrc: located values, bomb and depth limits) -> `--set` overrides -> the
+models (orchestrator/spec.py) -> the dependency graph, the cluster profile, the checks past the models
+(orchestrator/checks.py) -> a Spec. Also the cluster profiles by name, and the files a spec references
+(`referenced_files`, what remote mode uploads). Every error names file, line and key."""
 
 from __future__ import annotations
 
 import re
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from orchestrator import yamlsrc
+from pydantic import ValidationError
+
+from orchestrator import checks, dag, yamlsrc
 from orchestrator.errors import PipelineError
+from orchestrator.spec import LOCAL_CLUSTER, ClusterProfile, Pipeline, Spec, resolve_after
+from orchestrator.yamlsrc import error_at, validation_error
+
+
+def load(path: Path, cluster_dirs: list[Path] | None = None, overrides: Sequence[str] = ()) -> Spec:
+    """Load and fully validate a pipeline file, with `--set` overrides applied first (validated like the file).
+    Raises SpecError naming file, line and key (or the override)."""
+    source = yamlsrc.load(path)
+    if overrides:
+        from orchestrator import overrides as overrides_mod  # late: a small module only `--set` needs
+
+        source = overrides_mod.apply(source, overrides)
+    if not isinstance(source.data, dict):
+        raise error_at(source, (), "a pipeline file must be a mapping with `name:` and `stages:`")
+    try:
+        pipeline = Pipeline.model_validate(source.data)
+    except ValidationError as exc:
+        raise validation_error(source, exc) from None
+    _check_graph(source, pipeline)
+    cluster = _resolve_cluster(source, pipeline, cluster_dirs or default_cluster_dirs(path))
+    for warning in checks.check(source, pipeline, cluster):
+        print(f"warning: {warning}", file=sys.stderr)
+    spec = Spec(pipeline, cluster, source)
+    if pipeline.sweep is not None:
+        from orchestrator import (
+            sweep,  # late: only a spec with `sweep:` needs it (it builds each variant's plan)
+        )
+
+        for warning in sweep.validate(spec):
+            print(f"warning: {warning}", file=sys.stderr)
+    return spec
+
+
+def _check_graph(source: yamlsrc.Located, pipeline: Pipeline) -> None:
+    names: dict[str, int] = {}
+    for index, stage in enumerate(pipeline.stages):
+        if stage.name in names:
+            raise error_at(source, ("stages", index, "name"), f"duplicate stage name {stage.name!r}",
+                           f"first defined as stages[{names[stage.name]}]")
+        names[stage.name] = index
+    for index, stage in enumerate(pipeline.stages):
+        for j, parent in enumerate(stage.after or []):
+            if parent not in names:
+                raise error_at(source, ("stages", index, "after", j), f"unknown stage {parent!r}",
+                               f"known stages: {', '.join(names)}")
+            if parent == stage.name:
+                raise error_at(source, ("stages", index, "after", j), "a stage cannot wait for itself")
+    cycle = dag.find_cycle(resolve_after(pipeline.stages))
+    if cycle:
+        first = names[cycle[0]]
+        raise error_at(source, ("stages", first, "after"), f"dependency cycle: {' -> '.join(cycle)}")
+
+
+def default_cluster_dirs(spec_path: Path) -> list[Path]:
+    repo_clusters = Path(__file__).resolve().parent.parent / "clusters"
+    return [spec_path.resolve().parent / "clusters", spec_path.resolve().parent.parent / "clusters",
+            Path.home() / ".pipeline" / "clusters", repo_clusters]
+
+
+def _resolve_cluster(source: yamlsrc.Located, pipeline: Pipeline, dirs: list[Path]) -> ClusterProfile:
+    if isinstance(pipeline.cluster, ClusterProfile):
+        return pipeline.cluster
+    for directory in dirs:
+        candidate = directory / f"{pipeline.cluster}.yaml"
+        if candidate.is_file():
+            return load_cluster(candidate)
+    if pipeline.cluster == "local":
+        return LOCAL_CLUSTER
+    searched = ", ".join(str(d) for d in dirs)
+    raise error_at(source, ("cluster",), f"unknown cluster {pipeline.cluster!r}",
+                   f"write clusters/{pipeline.cluster}.yaml (searched {searched}) or use `cluster: local`")
+
+
+def load_cluster(path: Path) -> ClusterProfile:
+    source = yamlsrc.load(path)
+    if not isinstance(source.data, dict):
+        raise error_at(source, (), "a cluster profile must be a mapping")
+    try:
+        return ClusterProfile.model_validate(source.data)
+    except ValidationError as exc:
+        raise validation_error(source, exc) from None
+
+
+def find_profile(name: str, cwd: Path | None = None) -> ClusterProfile:
+    """The cluster profile NAME from the folders a pipeline file in `cwd` would search (`--remote-cluster`,
+    `clusters describe`)."""
+    for directory in default_cluster_dirs((cwd or Path.cwd()) / "pipeline.yaml"):
+        candidate = directory / f"{name}.yaml"
+        if candidate.is_file():
+            return load_cluster(candidate)
+    raise PipelineError(f"no cluster profile {name!r}", "looked in ./clusters, ~/.pipeline/clusters and pipeline's own")
 
 
 def referenced_files(spec_path: Path) -> list[Path]:
@@ -17,7 +114,7 @@ def referenced_files(spec_path: Path) -> list[Path]:
     - `settings.<key>` and `stages[].params.<key>` string values (and strings in lists) that are relative paths
       of existing FILES inside the spec's folder (e.g. the hf family's `settings.data`);
     - `cluster: NAME` -> `clusters/NAME.yaml` next to the spec or in `../clusters` (the first found, as
-      `spec.load` searches them).
+      `load` searches them).
     Not uploaded: absolute paths (they name head-node paths), directories, paths leaving the spec's folder,
     `secrets:` files (secrets never leave this machine), files named only inside `run:` bodies. A file that is
     not valid YAML yields just the spec, so the remote `pipeline` reports the located error.

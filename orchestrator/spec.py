@@ -6,16 +6,19 @@ Every model forbids unknown keys: a misspelt key (`nodess: 2`) must fail loudly,
 from __future__ import annotations
 
 import re
-import sys
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from orchestrator import dag, memfit, yamlsrc
-from orchestrator.errors import PipelineError, SpecError
+from orchestrator import memfit, yamlsrc
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 Name = Annotated[str, Field(pattern=NAME_RE, description="letters, digits, '_', '.', '-' (max 64)")]
@@ -291,123 +294,3 @@ def resolve_after(stages: list[Stage]) -> dict[str, list[str]]:
         else:
             parents[stage.name] = [stages[index - 1].name] if index else []
     return parents
-
-
-def error_at(source: yamlsrc.Located, loc: yamlsrc.KeyPath, message: str, hint: str | None = None) -> SpecError:
-    return SpecError(f"{source.where(loc)}: {message}", hint)
-
-
-def validation_error(source: yamlsrc.Located, exc: ValidationError, prefix: yamlsrc.KeyPath = ()) -> SpecError:
-    """Turn pydantic's errors into one message listing file:line: key.path: problem for each."""
-    lines = []
-    for err in exc.errors(include_url=False):
-        loc = prefix + tuple(p for p in err["loc"] if not _is_union_tag(p))
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; `pipeline schema` lists every key)"
-        lines.append(f"{source.where(loc)}: {msg}")
-    return SpecError("\n".join(lines[:20]))
-
-
-def _is_union_tag(part: str | int) -> bool:
-    # pydantic inserts the union member's name ("ClusterProfile", "str", "function-after[...]") into loc.
-    return isinstance(part, str) and (part[:1].isupper() or part in ("str", "int", "bool") or "[" in part)
-
-
-def load(path: Path, cluster_dirs: list[Path] | None = None, overrides: Sequence[str] = ()) -> Spec:
-    """Load and fully validate a pipeline file, with `--set` overrides applied first (validated like the file).
-    Raises SpecError naming file, line and key (or the override)."""
-    source = yamlsrc.load(path)
-    if overrides:
-        from orchestrator import overrides as overrides_mod  # late: a small module only `--set` needs
-
-        source = overrides_mod.apply(source, overrides)
-    if not isinstance(source.data, dict):
-        raise error_at(source, (), "a pipeline file must be a mapping with `name:` and `stages:`")
-    try:
-        pipeline = Pipeline.model_validate(source.data)
-    except ValidationError as exc:
-        raise validation_error(source, exc) from None
-    _check_graph(source, pipeline)
-    cluster = _resolve_cluster(source, pipeline, cluster_dirs or default_cluster_dirs(path))
-    for warning in check(source, pipeline, cluster):
-        print(f"warning: {warning}", file=sys.stderr)
-    spec = Spec(pipeline, cluster, source)
-    if pipeline.sweep is not None:
-        from orchestrator import sweep  # late: it builds and checks each variant with check() below
-
-        for warning in sweep.validate(spec):
-            print(f"warning: {warning}", file=sys.stderr)
-    return spec
-
-
-def check(source: yamlsrc.Located, pipeline: Pipeline, cluster: ClusterProfile) -> list[str]:
-    """Everything past the models: families, kinds and params, containers, memory fit (which refuses a stage
-    that cannot fit and returns warnings). Run on the file and on every sweep variant."""
-    from orchestrator import families  # late: families import spec models
-
-    families.validate(source, pipeline)
-    from orchestrator import container  # late: it reads jobside's stage-program path
-
-    container.check(source, pipeline, cluster)
-    return families.check_fit(source, pipeline, cluster)
-
-
-def _check_graph(source: yamlsrc.Located, pipeline: Pipeline) -> None:
-    names: dict[str, int] = {}
-    for index, stage in enumerate(pipeline.stages):
-        if stage.name in names:
-            raise error_at(source, ("stages", index, "name"), f"duplicate stage name {stage.name!r}",
-                           f"first defined as stages[{names[stage.name]}]")
-        names[stage.name] = index
-    for index, stage in enumerate(pipeline.stages):
-        for j, parent in enumerate(stage.after or []):
-            if parent not in names:
-                raise error_at(source, ("stages", index, "after", j), f"unknown stage {parent!r}",
-                               f"known stages: {', '.join(names)}")
-            if parent == stage.name:
-                raise error_at(source, ("stages", index, "after", j), "a stage cannot wait for itself")
-    cycle = dag.find_cycle(resolve_after(pipeline.stages))
-    if cycle:
-        first = names[cycle[0]]
-        raise error_at(source, ("stages", first, "after"), f"dependency cycle: {' -> '.join(cycle)}")
-
-
-def default_cluster_dirs(spec_path: Path) -> list[Path]:
-    repo_clusters = Path(__file__).resolve().parent.parent / "clusters"
-    return [spec_path.resolve().parent / "clusters", spec_path.resolve().parent.parent / "clusters",
-            Path.home() / ".pipeline" / "clusters", repo_clusters]
-
-
-def _resolve_cluster(source: yamlsrc.Located, pipeline: Pipeline, dirs: list[Path]) -> ClusterProfile:
-    if isinstance(pipeline.cluster, ClusterProfile):
-        return pipeline.cluster
-    for directory in dirs:
-        candidate = directory / f"{pipeline.cluster}.yaml"
-        if candidate.is_file():
-            return load_cluster(candidate)
-    if pipeline.cluster == "local":
-        return LOCAL_CLUSTER
-    searched = ", ".join(str(d) for d in dirs)
-    raise error_at(source, ("cluster",), f"unknown cluster {pipeline.cluster!r}",
-                   f"write clusters/{pipeline.cluster}.yaml (searched {searched}) or use `cluster: local`")
-
-
-def load_cluster(path: Path) -> ClusterProfile:
-    source = yamlsrc.load(path)
-    if not isinstance(source.data, dict):
-        raise error_at(source, (), "a cluster profile must be a mapping")
-    try:
-        return ClusterProfile.model_validate(source.data)
-    except ValidationError as exc:
-        raise validation_error(source, exc) from None
-
-
-def find_profile(name: str, cwd: Path | None = None) -> ClusterProfile:
-    """The cluster profile NAME from the folders a pipeline file in `cwd` would search (`--remote-cluster`,
-    `clusters describe`)."""
-    for directory in default_cluster_dirs((cwd or Path.cwd()) / "pipeline.yaml"):
-        candidate = directory / f"{name}.yaml"
-        if candidate.is_file():
-            return load_cluster(candidate)
-    raise PipelineError(f"no cluster profile {name!r}", "looked in ./clusters, ~/.pipeline/clusters and pipeline's own")

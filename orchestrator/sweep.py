@@ -23,8 +23,10 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ValidationError
 
 from orchestrator import dag, yamlsrc
+from orchestrator.checks import check
 from orchestrator.errors import PipelineError, SpecError
-from orchestrator.spec import Pipeline, Resources, Spec, Sweep, error_at, validation_error
+from orchestrator.spec import Pipeline, Resources, Spec, Sweep
+from orchestrator.yamlsrc import error_at, validation_error
 
 if TYPE_CHECKING:
     from orchestrator.plan import Plan, StagePlan
@@ -206,8 +208,6 @@ def _model_knows(spec: Spec, present: yamlsrc.KeyPath, missing: yamlsrc.KeyPath)
 
 
 def _variant_spec(spec: Spec, variant: Variant, resolved: dict[str, yamlsrc.KeyPath], warnings: list[str]) -> Spec:
-    from orchestrator.spec import check  # late: the loader (which runs this) owns the checks every file gets
-
     data = copy.deepcopy(spec.source.data)
     data.pop("sweep", None)
     for (path, value), loc in zip(variant.values, variant.locs):

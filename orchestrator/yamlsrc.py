@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
 from orchestrator.errors import SpecError
 
@@ -168,3 +169,24 @@ def _walk(path: Path, node: yaml.Node, loc: KeyPath, lines: dict[KeyPath, int]) 
         for index, item in enumerate(node.value):
             lines[loc + (index,)] = item.start_mark.line + 1
             _walk(path, item, loc + (index,), lines)
+
+
+def error_at(source: Located, loc: KeyPath, message: str, hint: str | None = None) -> SpecError:
+    return SpecError(f"{source.where(loc)}: {message}", hint)
+
+
+def validation_error(source: Located, exc: ValidationError, prefix: KeyPath = ()) -> SpecError:
+    """Turn pydantic's errors into one message listing file:line: key.path: problem for each."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = prefix + tuple(p for p in err["loc"] if not _is_union_tag(p))
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; `pipeline schema` lists every key)"
+        lines.append(f"{source.where(loc)}: {msg}")
+    return SpecError("\n".join(lines[:20]))
+
+
+def _is_union_tag(part: str | int) -> bool:
+    # pydantic inserts the union member's name ("ClusterProfile", "str", "function-after[...]") into loc.
+    return isinstance(part, str) and (part[:1].isupper() or part in ("str", "int", "bool") or "[" in part)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from orchestrator import spec
+from orchestrator import loader
 from orchestrator.commands import Subparsers, add_verb
 from orchestrator.errors import PipelineError
 
@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
     from orchestrator import hyperpod
 
     try:
-        profile = spec.find_profile(args.name)
+        profile = loader.find_profile(args.name)
         target = profile.remote.hyperpod if profile.remote else None
         if target is None:
             raise PipelineError(f"cluster profile {args.name!r} has no remote.hyperpod section")

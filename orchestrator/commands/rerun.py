@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from orchestrator import apply, cache, live, plan, spec, status
+from orchestrator import apply, cache, live, loader, plan, spec, status
 from orchestrator.commands import Subparsers, add_cache_flags, add_set_flag, add_verb, cache_options, load_run
 from orchestrator.errors import PipelineError
 from orchestrator.state import Store
@@ -64,14 +64,14 @@ def replan(args: argparse.Namespace) -> int:
 
 def _edited_spec(store: Store, args: argparse.Namespace) -> spec.Spec:
     if args.edited:
-        return spec.load(Path(args.edited), overrides=args.overrides)
+        return loader.load(Path(args.edited), overrides=args.overrides)
     state = store.read()
     if not state.spec_source:
         raise PipelineError(f"run {state.run_id} does not record which file its spec came from",
                             f"name it: pipeline rerun {state.run_id} --spec FILE --set ...")
     print(f"re-planning from {state.spec_source} (as it is now) with the run's "
           f"{len(state.spec_overrides)} earlier --set and {len(args.overrides)} new", file=sys.stderr)
-    return spec.load(Path(state.spec_source), overrides=[*state.spec_overrides, *args.overrides])
+    return loader.load(Path(state.spec_source), overrides=[*state.spec_overrides, *args.overrides])
 
 
 def _print_resubmitted(store: Store, decisions: dict[str, cache.Decision]) -> None:

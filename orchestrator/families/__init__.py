@@ -22,7 +22,8 @@ from orchestrator.families.base import (
     kind_of,
     settings_of,
 )
-from orchestrator.spec import ClusterProfile, Pipeline, Stage, error_at, validation_error
+from orchestrator.spec import ClusterProfile, Pipeline, Stage
+from orchestrator.yamlsrc import error_at, validation_error
 
 __all__ = ["COMMAND_KIND", "Family", "FitContext", "Kind", "NoParams", "Params", "check_fit", "family_of", "kind_of",
            "registry", "settings_of", "validate"]

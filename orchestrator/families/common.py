@@ -10,7 +10,8 @@ from pydantic import Field
 
 from orchestrator import yamlsrc
 from orchestrator.families.base import Params, family_of
-from orchestrator.spec import Pipeline, error_at
+from orchestrator.spec import Pipeline
+from orchestrator.yamlsrc import error_at
 
 Positive = Annotated[int, Field(gt=0)]
 Dropout = Annotated[float, Field(ge=0, lt=1)]

@@ -29,7 +29,8 @@ from orchestrator.families.common import (
     model_slug,
     require_venv,
 )
-from orchestrator.spec import Pipeline, error_at
+from orchestrator.spec import Pipeline
+from orchestrator.yamlsrc import error_at
 
 # (NeuronCores per node, tensor parallel size) per instance type (stages.md 2.3, Gen 2 launcher table).
 INSTANCES: dict[str, tuple[int, int]] = {

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 from orchestrator import dag, yamlsrc
 from orchestrator.families import common
 from orchestrator.families.base import family_of
-from orchestrator.spec import Pipeline, error_at, resolve_after
+from orchestrator.spec import Pipeline, resolve_after
+from orchestrator.yamlsrc import error_at
 
 if TYPE_CHECKING:  # types only: nxd.py imports this module for its check
     from orchestrator.families.nxd import NxdSettings

@@ -18,7 +18,8 @@ from orchestrator import dag, yamlsrc
 from orchestrator.families import tune_configs
 from orchestrator.families.base import Family, Kind, Params, family_of
 from orchestrator.families.base import Params as Strict
-from orchestrator.spec import Pipeline, error_at, resolve_after
+from orchestrator.spec import Pipeline, resolve_after
+from orchestrator.yamlsrc import error_at
 
 # Pinned (stages.md defect 20; torchtune#2883: development has wound down, v0.6.1 is the last release).
 # torch is pinned too: lm_eval asks only for torch>=1.8, so an unpinned env takes the newest torch, which

@@ -79,7 +79,7 @@ def test_hostile_yaml_fails_fast_and_located(make, expect, line, tmp_path):
 
 
 def test_ordinary_anchors_still_work(write_spec):
-    from orchestrator import spec
+    from orchestrator import loader
 
     path = write_spec("""
         name: anchors
@@ -89,7 +89,7 @@ def test_ordinary_anchors_still_work(write_spec):
           - {name: b, kind: command, run: echo, resources: *res}
     """)
     with pytest.raises(Exception) as info:  # x-res is an unknown top-level key, reported at its own line
-        spec.load(path)
+        loader.load(path)
     assert f"{path}:2: x-res: unknown key" in str(info.value)
     path = write_spec("""
         name: anchors
@@ -97,5 +97,5 @@ def test_ordinary_anchors_still_work(write_spec):
           - {name: a, kind: command, run: echo, resources: &res {nodes: 2, time: "00:10:00"}}
           - {name: b, kind: command, run: echo, resources: *res}
     """)
-    loaded = spec.load(path)
+    loaded = loader.load(path)
     assert [s.resources.nodes for s in loaded.pipeline.stages] == [2, 2]

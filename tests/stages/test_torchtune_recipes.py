@@ -41,7 +41,7 @@ from typing import Any
 import pytest
 import yaml
 
-from orchestrator import plan, spec
+from orchestrator import loader, plan
 from tests.conftest import REPO
 from tests.stages.test_tune_config import torchtune_site  # noqa: F401  (the fixture)
 
@@ -129,7 +129,7 @@ def render(root: Path, nproc: int) -> dict[str, str]:
     next(s for s in data["stages"] if s["kind"] == "quantize")["params"].update(groupsize=32)
     path = root / "pipeline.yaml"
     path.write_text(yaml.safe_dump(data))
-    return {s.name: s.script for s in plan.build(spec.load(path)).stages}
+    return {s.name: s.script for s in plan.build(loader.load(path)).stages}
 
 
 def run_stage(root: Path, name: str, script: str, site: Path, overrides: dict[str, Any], **extra_env: str) -> str:

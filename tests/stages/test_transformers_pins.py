@@ -25,7 +25,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from orchestrator import plan, spec
+from orchestrator import loader, plan
 from tests.conftest import REPO
 from tests.stages.conftest import DATA
 from tests.stages.test_nxd_adapter import nxd_save
@@ -36,7 +36,7 @@ NOT_OURS = {"torch", "transformers"}  # the venv's torch is used; transformers i
 
 
 def create_env(example: str) -> str:
-    stages = plan.build(spec.load(REPO / "examples" / example)).stages
+    stages = plan.build(loader.load(REPO / "examples" / example)).stages
     return next(s.script for s in stages if s.kind == "create_env")
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import plan, spec
+from orchestrator import loader, plan
 from tests.conftest import REPO
 from tests.stages.conftest import stage
 
@@ -66,7 +66,7 @@ def tune_config(config: str, *argv: str, check: bool = True) -> subprocess.Compl
 
 def test_every_rendered_config_passes_torchtunes_own_validate(torchtune_site, tmp_path):
     model = fake_model(tmp_path)
-    scripts = {s.name: s.script for s in plan.build(spec.load(REPO / "examples" / "llama3-70b-torchtune-p5.yaml")).stages}
+    scripts = {s.name: s.script for s in plan.build(loader.load(REPO / "examples" / "llama3-70b-torchtune-p5.yaml")).stages}
     checked = []
     for name, script in scripts.items():
         if "PIPELINE_TUNE_CONFIG" not in script:

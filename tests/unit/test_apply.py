@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator import apply, plan, spec, status
+from orchestrator import apply, loader, plan, status
 from orchestrator.errors import PipelineError, SchedulerError
 from orchestrator.scheduler.fake import FakeScheduler
 from orchestrator.states import JobState
@@ -21,7 +21,7 @@ CHAIN = """
 
 @pytest.fixture
 def run(write_spec, tmp_path):
-    loaded = spec.load(write_spec(CHAIN))
+    loaded = loader.load(write_spec(CHAIN))
     built = plan.build(loaded)
     store = apply.create_run(loaded, built, tmp_path / "runs")
     fake = FakeScheduler()

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator import jobside, plan, spec
+import orchestrator
+from orchestrator import loader, plan
 from orchestrator.errors import SpecError
 from tests.conftest import REPO
 
@@ -29,7 +30,7 @@ IMAGE = "/fsx/ubuntu/images/pytorch-torchtune.sqsh"
 @pytest.fixture(autouse=True)
 def pipeline_on_fsx(monkeypatch):
     """pipeline installed on the cluster's shared storage, as on a head node (its stage programs must be mounted)."""
-    monkeypatch.setattr(jobside, "STAGES_PATH", "/fsx/ubuntu/pipeline")
+    monkeypatch.setattr(orchestrator, "STAGES_PATH", "/fsx/ubuntu/pipeline")
 
 
 def container_example(tmp_path: Path, **change) -> Path:
@@ -46,7 +47,7 @@ def container_example(tmp_path: Path, **change) -> Path:
 
 
 def test_container_scripts_match_golden_files(tmp_path):
-    for stage in plan.build(spec.load(container_example(tmp_path))).stages:
+    for stage in plan.build(loader.load(container_example(tmp_path))).stages:
         golden = GOLDEN / f"{stage.name}.sh"
         if UPDATE:
             golden.parent.mkdir(parents=True, exist_ok=True)
@@ -55,7 +56,7 @@ def test_container_scripts_match_golden_files(tmp_path):
 
 
 def test_every_task_runs_in_the_image(tmp_path):
-    scripts = {s.name: s.script for s in plan.build(spec.load(container_example(tmp_path))).stages}
+    scripts = {s.name: s.script for s in plan.build(loader.load(container_example(tmp_path))).stages}
     flags = f"--container-image={IMAGE} --container-mounts=/fsx:/fsx --container-workdir=/fsx/ubuntu/torchtune-llama3-70b"
     # A one-task stage re-runs itself inside the image before anything else (env, venv, body).
     download = scripts["download"]
@@ -75,7 +76,7 @@ def test_a_stage_overrides_the_pipelines_container(tmp_path):
     data = yaml.safe_load(path.read_text())
     data["stages"][4]["container"] = {"image": "nvcr.io#nvidia/pytorch:24.07-py3"}  # evaluate
     path.write_text(yaml.safe_dump(data, sort_keys=False))
-    scripts = {s.name: s.script for s in plan.build(spec.load(path)).stages}
+    scripts = {s.name: s.script for s in plan.build(loader.load(path)).stages}
     # shell-quoted: `#` would start a comment
     assert "'--container-image=nvcr.io#nvidia/pytorch:24.07-py3' --container-mounts=/fsx:/fsx" in scripts["evaluate"]
     assert f"--container-image={IMAGE}" in scripts["quantize"]
@@ -91,7 +92,7 @@ def test_a_stage_overrides_the_pipelines_container(tmp_path):
 ])
 def test_mounts_must_cover_what_the_stage_reads_and_writes(tmp_path, change, key, message):
     with pytest.raises(SpecError) as err:
-        spec.load(container_example(tmp_path, **change))
+        loader.load(container_example(tmp_path, **change))
     text = str(err.value)
     assert message in text and f": {key}" in text and f"{tmp_path / 'pipeline.yaml'}:" in text, text
 
@@ -103,14 +104,14 @@ def test_a_model_path_in_params_must_be_mounted(tmp_path):
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     with pytest.raises(SpecError, match=r"stage 'evaluate': the container does not mount /home/me/tasks \(a path in "
                                         r"params\)"):
-        spec.load(path)
+        loader.load(path)
 
 
 def test_containers_need_slurm(write_spec):
     path = write_spec("name: c\ncluster: local\ncontainer: {image: x.sqsh, mounts: [/]}\n"
                       "stages:\n  - {name: a, kind: command, run: 'true'}\n")
     with pytest.raises(SpecError, match="needs Slurm with pyxis"):
-        spec.load(path)
+        loader.load(path)
 
 
 def test_the_hf_familys_torchrun_tasks_run_in_the_image_too(tmp_path):
@@ -120,7 +121,7 @@ def test_the_hf_familys_torchrun_tasks_run_in_the_image_too(tmp_path):
     data["container"] = {"image": IMAGE, "mounts": ["/fsx"]}
     path = tmp_path / "qlora.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
-    scripts = {s.name: s.script for s in plan.build(spec.load(path)).stages}
+    scripts = {s.name: s.script for s in plan.build(loader.load(path)).stages}
     flags = f"--container-image={IMAGE} --container-mounts=/fsx"
     assert f"SRUN_FLAGS+=({flags})" in scripts["finetune"] and "exec srun --ntasks=1" not in scripts["finetune"]
     for name in ("download", "merge", "evaluate"):

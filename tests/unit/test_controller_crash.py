@@ -13,12 +13,21 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from orchestrator import apply, plan, spec, status
+from orchestrator import apply, loader, plan, status
 from orchestrator.errors import PipelineError
 from orchestrator.scheduler import JobInfo
 from orchestrator.scheduler.fake import FakeScheduler
-from orchestrator.scheduler.slurm import (ACCOUNTED_AS, CONTROLLER_DOWN, DISAGREEMENT, NODE_PROBLEM, _note_nodes, combine, parse_bad_nodes,
-                                          parse_sacct, parse_squeue)
+from orchestrator.scheduler.slurm import (
+    ACCOUNTED_AS,
+    CONTROLLER_DOWN,
+    DISAGREEMENT,
+    NODE_PROBLEM,
+    _note_nodes,
+    combine,
+    parse_bad_nodes,
+    parse_sacct,
+    parse_squeue,
+)
 from orchestrator.states import JobState
 
 S = JobState
@@ -91,7 +100,7 @@ def test_drained_node_is_named_with_slurms_reason():
 
 @pytest.fixture
 def run(write_spec, tmp_path):
-    loaded = spec.load(write_spec(CHAIN))
+    loaded = loader.load(write_spec(CHAIN))
     built = plan.build(loaded)
     store = apply.create_run(loaded, built, tmp_path / "runs")
     fake = FakeScheduler()
@@ -125,7 +134,7 @@ def test_status_notices_a_finished_stage_running_again(run):
     assert view.warning.count("\n") == 0 and "disagree about stage(s) a" in view.warning
     assert store.read().stages["a"].state is S.RUNNING  # recorded: rerun must not start a second copy
     with pytest.raises(PipelineError, match="still queued or running"):
-        apply.rerun(store, plan.build(spec.load(store.paths.spec_copy)), fake, stage="a")
+        apply.rerun(store, plan.build(loader.load(store.paths.spec_copy)), fake, stage="a")
 
 
 def test_old_finished_stages_are_not_asked_about_again(run):

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import plan, spec
+from orchestrator import loader, plan
 from orchestrator.errors import SpecError
 
 
 def error_of(path: Path) -> str:
     with pytest.raises(SpecError) as info:
-        spec.load(path)
+        loader.load(path)
     return str(info.value)
 
 
@@ -58,7 +58,7 @@ def _inference_script(write_spec, family: str, params: str) -> str:
             kind: inference
             params: {params}
     """)
-    return plan.build(spec.load(path)).stages[0].script
+    return plan.build(loader.load(path)).stages[0].script
 
 
 def test_shared_inference_params_render_per_family(write_spec):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator import plan, spec
+from orchestrator import loader, plan
 from orchestrator.errors import SpecError
 
 SPEC = """
@@ -23,7 +23,7 @@ stages:
 
 
 def build(write_spec, data: str) -> plan.Plan:
-    return plan.build(spec.load(write_spec(SPEC.format(data=data))))
+    return plan.build(loader.load(write_spec(SPEC.format(data=data))))
 
 
 def test_hub_dataset_is_fetched_once_and_read_by_every_stage(write_spec):
@@ -39,7 +39,7 @@ def test_hub_dataset_is_fetched_once_and_read_by_every_stage(write_spec):
 def test_data_file_globs_are_quoted(write_spec):
     path = write_spec(SPEC.format(data="s3://bucket/dolly/").replace(
         "  data: s3://bucket/dolly/\n", "  data: s3://bucket/dolly/\n  data_files: ['x; touch /tmp/MARKER', '*.jsonl']\n"))
-    script = plan.build(spec.load(path)).stage("download").script
+    script = plan.build(loader.load(path)).stage("download").script
     assert "--files 'x; touch /tmp/MARKER' \\\n  --files '*.jsonl'" in script
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import plan, spec
+from orchestrator import loader, plan
 from orchestrator.errors import SpecError
 from tests.conftest import REPO
 
@@ -19,7 +19,7 @@ DEFAULT_PARAMS = "params: {max_loss_ratio: 0.95}"
 
 
 def evaluate_script(path: Path) -> str:
-    return {s.name: s.script for s in plan.build(spec.load(path)).stages}["evaluate"]
+    return {s.name: s.script for s in plan.build(loader.load(path)).stages}["evaluate"]
 
 
 def evaluate_argv(script: str) -> list[str]:
@@ -90,7 +90,7 @@ def test_lm_eval_minimal_and_absolute_include_path(write_spec):
 def test_bad_lm_eval_params_name_the_key(write_spec, lm_eval, message):
     path = with_params(write_spec, f"params: {{lm_eval: {lm_eval}}}")
     with pytest.raises(SpecError) as err:
-        spec.load(path)
+        loader.load(path)
     text = str(err.value)
     assert message in text and "lm_eval" in text and f"{path}:" in text
 
@@ -99,7 +99,7 @@ QLORA_EXAMPLE = REPO / "examples" / "llama3-70b-fsdp-qlora-gpu.yaml"
 
 
 def stage_script(path: Path, name: str) -> str:
-    return {s.name: s.script for s in plan.build(spec.load(path)).stages}[name]
+    return {s.name: s.script for s in plan.build(loader.load(path)).stages}[name]
 
 
 def test_evaluate_runs_in_the_training_dtype():
@@ -120,4 +120,4 @@ def test_finetune_offload_and_checkpointing_flags_only_when_set(write_spec):
 def test_cpu_offload_needs_fsdp(write_spec):
     text = EXAMPLE.read_text(encoding="utf-8").replace("  method: lora\n", "  method: lora\n  cpu_offload: true\n")
     with pytest.raises(SpecError, match=r"pipeline.yaml:\d+: settings: .*cpu_offload: true needs fsdp: true"):
-        spec.load(write_spec(text, "pipeline.yaml"))
+        loader.load(write_spec(text, "pipeline.yaml"))

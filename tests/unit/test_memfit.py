@@ -1,5 +1,5 @@
 """Memory fit at validate time (orchestrator/memfit.py, hooked in families.check_fit): a stage that cannot fit
-its GPUs/NeuronCores is refused by `spec.load` with the numbers, before anything is queued; the seed workflows'
+its GPUs/NeuronCores is refused by `loader.load` with the numbers, before anything is queued; the seed workflows'
 published set-ups pass; every example still validates."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import memfit, plan, spec
+from orchestrator import loader, memfit, plan
 from orchestrator.errors import SpecError
 from tests.conftest import REPO
 
@@ -44,7 +44,7 @@ def seed_004(write_spec: Callable[[str, str], Path], offload: bool) -> Path:
 
 
 def test_seed_004_qlora_with_cpu_offload_fits_four_24gb_gpus(write_spec, capsys):
-    loaded = spec.load(seed_004(write_spec, offload=True))
+    loaded = loader.load(seed_004(write_spec, offload=True))
     assert loaded.cluster.instance_type == "g5.12xlarge"
     assert "warning" not in capsys.readouterr().err
 
@@ -52,7 +52,7 @@ def test_seed_004_qlora_with_cpu_offload_fits_four_24gb_gpus(write_spec, capsys)
 def test_seed_004_without_offload_is_refused_with_the_numbers(write_spec):
     """The seed's own note: without CPU offload it "only works on > 40GB GPUs"."""
     with pytest.raises(SpecError) as caught:
-        spec.load(seed_004(write_spec, offload=False))
+        loader.load(seed_004(write_spec, offload=False))
     text = str(caught.value)
     assert "seed004.yaml:16: stages[0]: finetune: 70.6B bf16 qlora FSDP over 4 A10G GPUs needs ~" in text
     assert "of 24 GiB" in text and "weights+state" in text
@@ -73,7 +73,7 @@ def test_70b_full_finetune_on_one_gpu_is_refused(write_spec):
     # 70.6e9 parameters x (2 weights + 2 gradients + 4 AdamW moments) bytes in bf16 = 526 GiB before activations.
     with pytest.raises(SpecError, match=r"finetune: 70.6B bf16 full on one 80 GiB H100 GPU needs ~\d{3} GiB "
                                         r"per device of 80 GiB \(weights\+state 525.7"):
-        spec.load(write_spec(FULL_ON_ONE_GPU, "full.yaml"))
+        loader.load(write_spec(FULL_ON_ONE_GPU, "full.yaml"))
 
 
 EVALUATE = """
@@ -92,10 +92,10 @@ def test_hf_evaluate_is_checked_on_the_gpus_it_spreads_over(write_spec, gpus, re
     gpus_per_node: 0 it runs on the CPU, which is not checked."""
     path = write_spec(EVALUATE.format(gpus=gpus), "eval.yaml")
     if not refused:
-        spec.load(path)
+        loader.load(path)
         return
     with pytest.raises(SpecError, match=r"evaluate: 70.6B bf16 inference on one 80 GiB H100 GPU needs ~134 GiB") as caught:
-        spec.load(path)
+        loader.load(path)
     assert "gpus_per_node" in (caught.value.hint or "")
 
 
@@ -112,13 +112,13 @@ stages:
 def test_torchtune_full_finetune_is_checked_per_fsdp_rank(write_spec):
     """One process: the single-device recipe holds everything; 2 x 8 ranks: FSDP2 shards it 16 ways."""
     with pytest.raises(SpecError, match=r"full: 70.6B bf16 full on one 80 GiB H100 GPU needs ~"):
-        spec.load(write_spec(TUNE_FULL.format(procs=1, nodes=1), "tune.yaml"))
-    spec.load(write_spec(TUNE_FULL.format(procs=8, nodes=2), "tune16.yaml"))
+        loader.load(write_spec(TUNE_FULL.format(procs=1, nodes=1), "tune.yaml"))
+    loader.load(write_spec(TUNE_FULL.format(procs=8, nodes=2), "tune16.yaml"))
 
 
 def test_close_to_the_limit_warns_on_stderr(write_spec, capsys):
     text = EVALUATE.format(gpus=2)  # 131 GiB of bf16 weights over 2 x 80 GiB: ~69 GiB each
-    loaded = spec.load(write_spec(text, "eval.yaml"))
+    loaded = loader.load(write_spec(text, "eval.yaml"))
     err = capsys.readouterr().err
     assert loaded.pipeline.name == "eval-70b"
     assert "warning: " in err and "eval.yaml:6: stages[0]: evaluate:" in err and "of the limit" in err
@@ -127,19 +127,19 @@ def test_close_to_the_limit_warns_on_stderr(write_spec, capsys):
 def test_unknown_instance_type_names_the_key(write_spec):
     text = FULL_ON_ONE_GPU.replace("cluster: hyperpod-p5", "cluster: {name: x, instance_type: p9.mega}")
     with pytest.raises(SpecError, match=r"full.yaml:2: cluster.instance_type: .*unknown instance type 'p9.mega'"):
-        spec.load(write_spec(text, "full.yaml"))
+        loader.load(write_spec(text, "full.yaml"))
 
 
 def test_explicit_accelerator_overrides_the_instance_type(write_spec):
     text = FULL_ON_ONE_GPU.replace(
         "cluster: hyperpod-p5",
         "cluster: {name: x, instance_type: p5.48xlarge, accelerator: {kind: gpu, name: B9, per_node: 1, memory_gib: 4096}}")
-    assert spec.load(write_spec(text, "full.yaml")).cluster.accelerator.memory_gib == 4096  # 1 TB GPU: it fits
+    assert loader.load(write_spec(text, "full.yaml")).cluster.accelerator.memory_gib == 4096  # 1 TB GPU: it fits
 
 
 def test_no_accelerator_known_means_no_check(write_spec):
     text = FULL_ON_ONE_GPU.replace("cluster: hyperpod-p5", "cluster: {name: x}")
-    spec.load(write_spec(text, "full.yaml"))
+    loader.load(write_spec(text, "full.yaml"))
 
 
 def test_parameter_counts_match_the_published_ones():
@@ -175,4 +175,4 @@ def test_estimate_tracks_peft_published_fsdp_qlora_figures():
 
 @pytest.mark.parametrize("example", sorted((REPO / "examples").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_example_still_validates(example):
-    plan.build(spec.load(example))
+    plan.build(loader.load(example))

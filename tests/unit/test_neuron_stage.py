@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import plan, spec
+from orchestrator import loader, plan
 from stages import consolidate
 from stages import neuron_finetune as nf
 from stages.common import StageError, newest_checkpoint
@@ -24,7 +24,7 @@ ROWS = [{"instruction": f"Question {i}?", "context": "Some context." if i % 2 el
 
 
 def rendered_args(stage: str) -> list[str]:
-    built = plan.build(spec.load(REPO / "examples" / "llama3-8b-trn1.yaml"))
+    built = plan.build(loader.load(REPO / "examples" / "llama3-8b-trn1.yaml"))
     text = built.stage(stage).script.replace("\\\n", " ")
     line = next(l for l in text.splitlines() if "-m stages neuron-finetune" in l)
     argv = shlex.split(line.split("-m stages neuron-finetune", 1)[1])
@@ -50,7 +50,7 @@ def test_rendered_compile_and_train_args_parse_to_the_same_config(monkeypatch):
 
 def test_the_evaluate_stage_splits_the_chat_file_as_finetune_did():
     """Finetune and evaluate hold out the same rows: same file order, fraction and seed in both scripts."""
-    built = plan.build(spec.load(REPO / "examples" / "llama3-8b-trn1.yaml"))
+    built = plan.build(loader.load(REPO / "examples" / "llama3-8b-trn1.yaml"))
     evaluate = shlex.split(built.stage("evaluate").script.split("python -m stages evaluate", 1)[1]
                            .replace("\\\n", " ").split("\n", 1)[0])
     train = nf.parse(rendered_args("finetune"))
@@ -158,7 +158,7 @@ def test_create_env_fails_first_when_python310_is_missing(interpreter, write_spe
         stages:
           - {{name: create_env, kind: create_env}}
         """)
-    script = plan.build(spec.load(path)).stage("create_env").script
+    script = plan.build(loader.load(path)).stage("create_env").script
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for tool in ("bash", "cat", "hostname", "uname", "mkdir"):

@@ -18,7 +18,7 @@ import subprocess
 
 import pytest
 
-from orchestrator import plan, spec
+from orchestrator import loader, plan
 from orchestrator.errors import SpecError
 from orchestrator.families import nxd
 from tests.conftest import REPO
@@ -34,7 +34,7 @@ CONVERTER_MARKER = 'python "$CONVERTER"'
 
 
 def scripts(path=EXAMPLE) -> dict[str, str]:
-    return {s.name: s.script for s in plan.build(spec.load(path)).stages}
+    return {s.name: s.script for s in plan.build(loader.load(path)).stages}
 
 
 def code(text: str) -> str:
@@ -301,7 +301,7 @@ def test_inconsistent_settings_are_refused(settings, message, write_spec):
           - {{name: finetune, kind: finetune}}
     """)
     with pytest.raises(SpecError, match=re.escape(message)):
-        spec.load(path)
+        loader.load(path)
 
 
 @pytest.mark.parametrize("settings,stages,message", [
@@ -323,7 +323,7 @@ def test_inconsistent_pipelines_are_refused(settings, stages, message, write_spe
     lines = "\n".join(f"  - {{name: {s}, kind: {s}}}" for s in stages)
     path = write_spec(f"name: p\nfamily: nxd\nvenv: /v\nsettings: {json.dumps(settings)}\nstages:\n{lines}\n")
     with pytest.raises(SpecError, match=re.escape(message)):
-        spec.load(path)
+        loader.load(path)
 
 
 def test_finetune_from_a_given_checkpoint_skips_convert(write_spec):
@@ -363,7 +363,7 @@ def test_held_out_rows_are_kept_from_the_trainer_and_evaluated():
     assert ev["--model"] == "$WORKDIR/final_model_output" and ev["--max-loss-ratio"] == "0.98"
     assert ev["--compare-to"] == "$WORKDIR/model_artifacts/Meta-Llama-3-8B"
     assert ev["--format"] == "dolly" and ev["--report"] == "$WORKDIR/reports/evaluate.json"
-    stages_ = {s.name: s for s in plan.build(spec.load(EXAMPLE)).stages}
+    stages_ = {s.name: s for s in plan.build(loader.load(EXAMPLE)).stages}
     assert stages_["evaluate"].after == ("merge",) and stages_["inference"].after == ("evaluate",)
     assert "reports/evaluate.json" in stages_["evaluate"].outputs
 
@@ -391,7 +391,7 @@ def test_finetune_must_wait_for_convert(write_spec):
           - {name: finetune, kind: finetune, after: []}
     """)
     with pytest.raises(SpecError, match="finetune does not wait for 'convert'"):
-        spec.load(path)
+        loader.load(path)
 
 
 def test_hostile_values_are_quoted(write_spec, tmp_path):

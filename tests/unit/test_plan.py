@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from orchestrator import plan, spec
+from orchestrator import loader, plan
 from orchestrator.errors import RenderError
 from tests.conftest import REPO
 
@@ -16,7 +16,7 @@ UPDATE = os.environ.get("PIPELINE_UPDATE_GOLDEN") == "1"
 
 
 def test_trainium_chain_matches_golden_files():
-    built = plan.build(spec.load(REPO / "examples" / "llama3-8b-trn1.yaml"))
+    built = plan.build(loader.load(REPO / "examples" / "llama3-8b-trn1.yaml"))
     assert [s.name for s in built.stages] == ["create_env", "download", "compile", "finetune", "consolidate",
                                               "merge", "evaluate", "inference"]
     for stage in built.stages:
@@ -29,7 +29,7 @@ def test_trainium_chain_matches_golden_files():
 
 
 def test_trainium_scripts_fix_reference_defects():
-    built = plan.build(spec.load(REPO / "examples" / "llama3-8b-trn1.yaml"))
+    built = plan.build(loader.load(REPO / "examples" / "llama3-8b-trn1.yaml"))
     scripts = {s.name: s.script for s in built.stages}
     for name, text in scripts.items():
         assert text.startswith("#!"), name  # shebang first (defect 5)
@@ -66,7 +66,7 @@ def test_hostile_values_are_quoted(write_spec, tmp_path):
           - {{name: download, kind: download}}
           - {{name: inference, kind: inference, params: {{prompts: ["a'b", "$(touch {marker})"]}}}}
     """)
-    built = plan.build(spec.load(path))
+    built = plan.build(loader.load(path))
     for stage in built.stages:
         script = tmp_path / f"{stage.name}.sh"
         script.write_text(stage.script)
@@ -84,5 +84,5 @@ def test_missing_template_variable_fails_render():
 
 def test_render_is_pure_and_needs_no_slurm(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
-    built = plan.build(spec.load(REPO / "examples" / "llama3-8b-trn1.yaml"))
+    built = plan.build(loader.load(REPO / "examples" / "llama3-8b-trn1.yaml"))
     assert built.stage("finetune").sbatch_flags() == ["--nodes=1", "--time=1-00:00:00", "--exclusive"]

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import spec
+from orchestrator import loader
 from orchestrator.errors import SpecError
 from tests.conftest import REPO
 
 
 def error_of(path: Path) -> str:
     with pytest.raises(SpecError) as info:
-        spec.load(path)
+        loader.load(path)
     return str(info.value)
 
 
@@ -155,12 +155,12 @@ def test_command_param_keys_must_be_identifiers(write_spec):
 
 def test_examples_validate():
     for example in sorted((REPO / "examples").glob("*.yaml")):
-        loaded = spec.load(example)
+        loaded = loader.load(example)
         assert loaded.pipeline.stages, example
 
 
 def test_after_defaults_to_previous_stage(write_spec):
-    loaded = spec.load(write_spec("""
+    loaded = loader.load(write_spec("""
         name: p
         stages:
           - {name: a, kind: command, run: echo}

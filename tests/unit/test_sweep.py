@@ -7,10 +7,16 @@ import json
 
 import pytest
 
-from orchestrator import apply, plan, spec, status, sweepview
+from orchestrator import apply, loader, plan, status, sweepview
 from orchestrator.errors import PipelineError, SpecError
 from orchestrator.scheduler.fake import FakeScheduler
-from orchestrator.scheduler.slurm import array_id, expand_array_ids, parse_max_array_size, parse_sacct, parse_squeue
+from orchestrator.scheduler.slurm import (
+    array_id,
+    expand_array_ids,
+    parse_max_array_size,
+    parse_sacct,
+    parse_squeue,
+)
 from orchestrator.states import JobState
 
 SWEEP = """
@@ -31,7 +37,7 @@ SWEEP = """
 
 
 def build(write_spec, text=SWEEP):
-    loaded = spec.load(write_spec(text))
+    loaded = loader.load(write_spec(text))
     return loaded, plan.build(loaded)
 
 
@@ -174,7 +180,7 @@ def test_status_matrix_and_best_evaluation(run):
 def bad(write_spec, sweep_block):
     text = SWEEP.split("    sweep:")[0] + sweep_block
     with pytest.raises(SpecError) as err:
-        spec.load(write_spec(text))
+        loader.load(write_spec(text))
     return err.value.message
 
 
@@ -219,7 +225,7 @@ def test_default_setting_not_in_the_file_may_be_swept(write_spec):
     """A typed field the file leaves at its default (Resources.time) is a key that exists."""
     text = SWEEP.split("    sweep:")[0] + "    sweep:\n      grid:\n        stages.download.resources.time: ['5', '6']\n"
     with pytest.raises(SpecError, match="changes the resources of stage download"):
-        spec.load(write_spec(text))  # it exists; but download is then per-variant and its resources differ
+        loader.load(write_spec(text))  # it exists; but download is then per-variant and its resources differ
 
 
 def test_slurm_array_ids_parse():

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import plan, spec
+from orchestrator import loader, plan
 from orchestrator.errors import SpecError
 from tests.conftest import REPO
 
@@ -35,7 +35,7 @@ def component_paths(text: str) -> list[str]:
 
 
 def built() -> plan.Plan:
-    return plan.build(spec.load(EXAMPLE))
+    return plan.build(loader.load(EXAMPLE))
 
 
 def test_example_matches_golden_files():
@@ -109,7 +109,7 @@ def test_component_paths_are_the_pinned_releases():
 def test_bad_dags_name_the_key(write_spec, stages, key, message):
     path = write_spec(f"name: tt\nfamily: torchtune\nvenv: /v\nstages:{stages}\n")
     with pytest.raises(SpecError) as err:
-        spec.load(path)
+        loader.load(path)
     text = str(err.value)
     assert message in text and key in text and f"{path}:" in text
 
@@ -118,7 +118,7 @@ def test_removed_dataset_builder_is_rejected(write_spec):
     path = write_spec("name: tt\nfamily: torchtune\nvenv: /v\nsettings: {dataset: wikitext}\n"
                       "stages:\n  - {name: download, kind: download}\n")
     with pytest.raises(SpecError, match="not a torchtune.datasets builder"):
-        spec.load(path)
+        loader.load(path)
 
 
 def test_hostile_prompt_stays_inside_the_config(write_spec):
@@ -126,7 +126,7 @@ def test_hostile_prompt_stays_inside_the_config(write_spec):
     path = write_spec("name: tt\nfamily: torchtune\nvenv: /v\nstages:\n  - {name: download, kind: download}\n"
                       "  - {name: ft, kind: finetune}\n"
                       f"  - {{name: g, kind: generate, params: {{prompt: {prompt!r}}}}}\n".replace("\\n", "\\n"))
-    script = {s.name: s.script for s in plan.build(spec.load(path)).stages}["g"]
+    script = {s.name: s.script for s in plan.build(loader.load(path)).stages}["g"]
     body = script.split("<<'PIPELINE_TUNE_CONFIG'\n", 1)[1]
     config, rest = body.split("\nPIPELINE_TUNE_CONFIG\n", 1)
     assert "touch /tmp/MARKER" in config and "touch" not in rest  # JSON-escaped: the heredoc cannot be closed early
@@ -136,7 +136,7 @@ def test_every_torchrun_is_the_shared_launcher_with_is_host():
     """Defect 3: the torchtune finetunes use the one torchrun macro (templates/_launch.sh.j2), is_host included,
     with the same flags as the hf family's torchrun."""
     scripts = {s.name: s.script for s in built().stages}
-    hf = plan.build(spec.load(REPO / "examples" / "llama3-70b-fsdp-qlora-gpu.yaml")).stage("finetune").script
+    hf = plan.build(loader.load(REPO / "examples" / "llama3-70b-fsdp-qlora-gpu.yaml")).stage("finetune").script
     hf_line = next(line for line in hf.splitlines() if line.startswith("torchrun "))
     shared = hf_line.split(" ", 1)[1].split(" -m stages", 1)[0].replace("--nproc_per_node=8", "--nproc_per_node=N")
     for name in ("full", "lora"):
@@ -154,7 +154,7 @@ def small_spec(write_spec, settings: str = "", stage: str = "") -> Path:
 def test_single_device_recipes_and_devices_follow_what_fits(write_spec):
     path = small_spec(write_spec, "model: llama3_8b, nproc_per_node: 1",
                       "  - {name: q, kind: quantize, params: {quantizer: 8da4w}}\n  - {name: e, kind: evaluate}\n")
-    scripts = {s.name: s.script for s in plan.build(spec.load(path)).stages}
+    scripts = {s.name: s.script for s in plan.build(loader.load(path)).stages}
     assert "tune run lora_finetune_single_device --config" in scripts["ft"] and "--rdzv" not in scripts["ft"]
     # 8B in bf16 (15 GiB) fits an 80 GiB GPU: auto stays on the GPU.
     assert '"device": "cuda"' in scripts["e"] and '"device": "cuda"' in scripts["q"]
@@ -170,7 +170,7 @@ def test_single_device_recipes_and_devices_follow_what_fits(write_spec):
 ])
 def test_single_device_stage_that_cannot_run_is_refused(write_spec, settings, stage, key, message):
     with pytest.raises(SpecError) as err:
-        spec.load(small_spec(write_spec, settings, stage))
+        loader.load(small_spec(write_spec, settings, stage))
     assert message in str(err.value) and f".params.{key}" in str(err.value), str(err.value)
 
 
