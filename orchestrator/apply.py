@@ -9,11 +9,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import shutil
 from collections.abc import Collection
 from pathlib import Path
 
-from orchestrator import cache, dag, overrides
+from orchestrator import cache, dag, manifest, overrides
+from orchestrator.deps import dependency_id
 from orchestrator import state as statelib
 from orchestrator.errors import PartlySubmitted, PipelineError
 from orchestrator.plan import Plan
@@ -116,9 +116,9 @@ def submit_stages(store: Store, plan: Plan, scheduler: Scheduler, names: set[str
     A parent outside `names` must be COMPLETED (no dependency: Slurm rejects dependencies on purged jobs,
     desihub/desispec#2350) or still active (then the child depends on its job id).
     """
-    cache.unlink_adopted(store, plan, names)  # a CACHED stage that runs now writes files of its own
+    manifest.unlink_adopted(store, plan, names)  # a CACHED stage that runs now writes files of its own
     if plan.variants:
-        from orchestrator import arrays  # late: arrays builds on this module
+        from orchestrator import arrays  # late: only a sweep needs it
 
         return arrays.submit_stages(store, plan, scheduler, names, spec_version)
     current = store.read()
@@ -147,21 +147,6 @@ def submit_stages(store: Store, plan: Plan, scheduler: Scheduler, names: set[str
 def _dependency_ids(state: RunState, plan: Plan, name: str, submitted: dict[str, str]) -> list[str]:
     found = (dependency_id(state, name, parent, submitted) for parent in plan.stage(name).after)
     return [job_id for job_id in found if job_id is not None]
-
-
-def dependency_id(state: RunState, name: str, parent: str, submitted: dict[str, str]) -> str | None:
-    """The job `name` must wait for to have `parent` done: none when it already is (orchestrator/arrays.py pairs
-    these per sweep variant)."""
-    if parent in submitted:
-        return submitted[parent]
-    parent_state = state.stages[parent]
-    current = parent_state.current
-    if parent_state.state.ok:
-        return None
-    if current is not None and parent_state.state.active:
-        return current.job_id
-    raise PipelineError(f"stage {name} needs {parent}, which is {parent_state.state.value}",
-                        f"rerun {parent} too: pipeline rerun {state.run_id} --stage {parent}")
 
 
 def adopt_orphans(store: Store, scheduler: Scheduler) -> dict[str, str]:
@@ -303,12 +288,12 @@ def rerun(store: Store, plan: Plan, scheduler: Scheduler, stage: str | None = No
         raise PipelineError(f"run {state.run_id} has nothing to rerun: no stage failed{done}",
                             "name one with --stage S or --from S")
     names |= stale_upstream(store, plan, names, notes)
-    _refuse_busy(state, names, done)
+    refuse_busy(state, names, done)
     ids = submit_stages(store, plan, scheduler, names, state.spec_version)
     return dict(zip([n for n in dag.topological(plan.parents()) if n in names], ids))
 
 
-def _refuse_busy(state: RunState, names: Collection[str], done: str = "") -> None:
+def refuse_busy(state: RunState, names: Collection[str], done: str = "") -> None:
     busy = [n for n in names if n in state.stages and state.stages[n].state.active]
     if busy:
         raise PipelineError(f"stage(s) {', '.join(sorted(busy))} are still queued or running{done}",
@@ -320,7 +305,7 @@ def stale_upstream(store: Store, plan: Plan, names: set[str], notes: list[str] |
     CACHED stage's source deleted, a file rewritten): they run again, with the stages between them and `names`."""
     parents = plan.parents()
     above = set().union(*(dag.upstream(parents, n) for n in names)) - names
-    stale = cache.verify_own(store, plan, sorted(above))
+    stale = manifest.verify_own(store, plan, sorted(above))
     for name, why in sorted(stale.items()):
         if notes is not None:
             notes.append(f"stage {name}: its outputs changed ({why}): submitted again")
@@ -361,70 +346,3 @@ def _live(scheduler: Scheduler, candidates: list[str]) -> list[str]:
     except PipelineError:
         return candidates
     return [j for j in candidates if j not in found or found[j].state.active]
-
-
-def replan(store: Store, old: Plan, spec: Spec, new: Plan, scheduler: Scheduler,
-           options: cache.Options = cache.Options(), notes: list[str] | None = None) -> dict[str, cache.Decision]:
-    """`pipeline rerun RUN --spec FILE` (issue 14 item 3): re-plan the run from an edited spec. Stages whose key
-    changed, new ones, those that did not complete and those whose outputs changed run again with their dependents
-    (or are taken from an earlier run's identical stage); the others keep their results. The spec and plan are
-    kept per version (spec.<n>.yaml, plans/plan.<n>.json) and every new attempt records its version. Refused,
-    before anything changes, when the edit drops a stage that has a live job or changes a queued/running one."""
-    state = store.read()
-    new_names = [s.name for s in new.stages]
-    gone = [n for n in state.stages if n not in new_names]
-    live = [f"{n} (job {state.stages[n].current.job_id})" for n in gone  # type: ignore[union-attr]
-            if state.stages[n].state.active]
-    if live:
-        raise PipelineError(f"the edited spec removes or renames stage(s) {', '.join(live)} of run {state.run_id}, "
-                            "which still have a live job", f"cancel first (pipeline cancel {state.run_id} --stage "
-                            f"{live[0].split(' ')[0]}) or keep the stage's name")
-    old_keys = {s.name: s.key for s in old.stages}
-    changed = {n for n in new_names if not old_keys.get(n) or old_keys[n] != new.stage(n).key}
-    unfinished = {n for n in new_names if n not in state.stages or not state.stages[n].state.ok}
-    parents = new.parents()
-    selected = dag.downstream(parents, changed | unfinished)
-    kept = sorted(set(new_names) - selected)
-    stale = cache.verify_own(store, new, kept)
-    for name, why in sorted(stale.items()):
-        if notes is not None:
-            notes.append(f"stage {name}: its outputs changed ({why}): submitted again")
-    selected |= dag.downstream(parents, stale)
-    if not selected:
-        raise PipelineError(f"run {state.run_id}: the edited spec changes no stage's key and every stage completed",
-                            "nothing to rerun; resources and time limits do not change what a stage produces")
-    _refuse_busy(state, selected)
-    version = state.spec_version + 1
-    _write_version(store, spec, new, version)
-    with store.update() as fresh:
-        fresh.spec_version = version
-        fresh.spec_source, fresh.spec_overrides = str(spec.source.path.resolve()), list(spec.source.overrides)
-        fresh.spec_sha256 = hashlib.sha256(store.paths.spec_version(version).read_bytes()).hexdigest()
-        fresh.workdir = new.workdir
-        fresh.stages = {n: fresh.stages.get(n, StageState(after=[])) for n in new_names}
-        for stage in new.stages:
-            fresh.stages[stage.name].after = list(stage.after)
-    for name in gone:
-        if notes is not None:
-            notes.append(f"stage {name}: not in the edited spec: dropped from the run (its history is in "
-                         f"{store.paths.plan_version(version - 1).relative_to(store.paths.root)})")
-    return submit_with_cache(store, new, scheduler, selected, options, version)
-
-
-def _write_version(store: Store, spec: Spec, new: Plan, version: int) -> None:
-    """Keep the previous plan and scripts under plans/, then write the new spec, plan and scripts in place (jobs
-    read plan.json and scripts/<stage>.sh when they start: a live job of a kept stage has the same key, so the
-    same script up to the spec's folder)."""
-    paths = store.paths
-    archive = paths.plan_version(version - 1)
-    archive.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(paths.plan, archive)
-    scripts = paths.root / "scripts"
-    shutil.copytree(scripts, archive.parent / f"scripts.{version - 1}", dirs_exist_ok=True)
-    statelib.atomic_write(paths.spec_version(version), overrides.effective_text(spec.source))
-    for stage in new.stages:
-        statelib.atomic_write(paths.script(stage.name), stage.script, mode=0o755)
-    for script in scripts.glob("*.sh"):
-        if script.stem not in {s.name for s in new.stages}:
-            script.unlink()
-    statelib.write_json(paths.plan, new.to_json())

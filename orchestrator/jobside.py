@@ -19,7 +19,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from orchestrator import STAGES_PATH, cache, notify, proc, tracking
+from orchestrator import STAGES_PATH, manifest, notify, proc, tracking
 from orchestrator import secrets as secretlib
 from orchestrator.errors import PipelineError
 from orchestrator.spec import SecretRef
@@ -72,7 +72,7 @@ def execute(run_dir: Path, stage: str, job_id: str) -> int:
     with open(log_path, "ab", buffering=0) as log:
         log.write(f"=== pipeline: stage {stage} job {job_id} restart {restarts} on {record['host']} "
                   f"at {record['start']}\n".encode())
-        unshared = cache.break_shared_links(paths.workdir(plan["workdir"]), spec.get("output_roots") or [])
+        unshared = manifest.break_shared_links(paths.workdir(plan["workdir"]), spec.get("output_roots") or [])
         if unshared:
             log.write(f"=== pipeline: {unshared} output file(s) shared with a later run copied first\n".encode())
         rc, reason = _run_script(paths, plan, stage, job_id, log)
@@ -80,8 +80,8 @@ def execute(run_dir: Path, stage: str, job_id: str) -> int:
             missing = _missing_outputs(plan, paths, spec["outputs"])
             if missing:
                 rc, reason = OUTPUT_MISSING_RC, f"declared outputs missing: {', '.join(missing)}"
-            else:  # what later runs with the same stage key may reuse (orchestrator/cache.py)
-                log.write(f"=== pipeline: {cache.record_completion(paths, plan, spec, job_id)}\n".encode())
+            else:  # what later runs with the same stage key may reuse (orchestrator/manifest.py)
+                log.write(f"=== pipeline: {manifest.record_completion(paths, plan, spec, job_id)}\n".encode())
         log.write(f"=== pipeline: exit {rc}{' (' + reason + ')' if reason else ''} at {now_iso()}\n".encode())
     used = resource.getrusage(resource.RUSAGE_CHILDREN)  # the script and what it waited for; for the report
     record.update(end=now_iso(), exit_code=rc, reason=reason, cpu_s=round(used.ru_utime + used.ru_stime, 2),

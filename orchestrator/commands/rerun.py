@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from orchestrator import apply, cache, live, loader, plan, spec, status
+from orchestrator import replan as replan_mod
 from orchestrator.commands import Subparsers, add_cache_flags, add_set_flag, add_verb, cache_options, load_run
 from orchestrator.errors import PipelineError
 from orchestrator.state import Store
@@ -55,7 +56,7 @@ def replan(args: argparse.Namespace) -> int:
     notes: list[str] = []
     with store.changing():
         status.refresh([store.paths.root])
-        decisions = apply.replan(store, saved, loaded, built, scheduler, cache_options(args), notes)
+        decisions = replan_mod.replan(store, saved, loaded, built, scheduler, cache_options(args), notes)
     for line in notes:
         print(line, file=sys.stderr)
     _print_resubmitted(store, decisions)

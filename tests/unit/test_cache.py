@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from orchestrator import apply, cache, jobside, loader, overrides, plan, spec, status
+from orchestrator import apply, cache, jobside, loader, manifest, overrides, plan, replan, spec, status
 from orchestrator.errors import PipelineError, SpecError
 from orchestrator.scheduler.fake import FakeScheduler
 from orchestrator.state import Store
 from orchestrator.states import JobState
+from tests.conftest import REPO
 from tests.helpers import run_cli
 
 CHAIN = """
@@ -99,6 +101,26 @@ def test_keys_equal_across_runs_and_folders_resources_do_not_count(write_spec, t
     assert keys == {s.name: s.key for s in again.stages}
     assert keys == {s.name: s.key for s in moved.stages}  # another folder, another time limit: same work
     assert first.to_json()["stages"][0]["key"] == keys["download"]
+
+
+@pytest.mark.parametrize("example", ["tiny-llama-local.yaml", "llama3-8b-trn1.yaml", "llama3-8b-nxd-tp-lora-trn1.yaml",
+                                     "llama3-70b-torchtune-p5.yaml"])
+def test_every_family_keys_equal_from_another_folder_and_data_counts(example, tmp_path):
+    """The examples copied elsewhere (as an upload to a head node is): same keys, since scripts carry the spec's
+    folder only as a path the key normalises; then one data file changed: the stages reading it change key."""
+    copy = tmp_path / "examples"
+    shutil.copytree(REPO / "examples", copy)
+    shutil.copytree(REPO / "clusters", tmp_path / "clusters")
+    here = plan.build(loader.load(REPO / "examples" / example))
+    there = plan.build(loader.load(copy / example))
+    assert [s.key for s in here.stages] == [s.key for s in there.stages]
+    for data in (copy / "data").glob("*.jsonl"):
+        data.write_text(data.read_text() + "\n")
+    changed = plan.build(loader.load(copy / example))
+    readers = [s.name for s, c in zip(there.stages, changed.stages) if s.key != c.key]
+    reading = [s.name for s in there.stages if f"{copy}/data/" in s.script]
+    assert set(reading) <= set(readers)  # every stage whose script reads the folder's data changed key
+    assert bool(reading) == (example == "tiny-llama-local.yaml")  # the one example that ships its data
 
 
 def test_changed_param_changes_its_key_and_dependents_only(write_spec):
@@ -271,7 +293,7 @@ def test_rerunning_the_source_stage_leaves_the_adopting_run_alone(write_spec, tm
     assert list(apply.rerun(first, built, fake, stage="merge")) == ["merge"]
     run_jobs(first, fake)
     assert os.stat(shared).st_nlink == 1 and os.stat(shared).st_mtime_ns == recorded
-    assert cache.verify_own(second, second_plan, ["merge"]) == {}
+    assert manifest.verify_own(second, second_plan, ["merge"]) == {}
     assert any("copied first" in log.read_text() for log in (first.paths.root / "logs").glob("merge.*"))
 
 
@@ -298,7 +320,7 @@ def test_rerun_spec_resubmits_changed_and_dependents_and_records_versions(write_
     run_jobs(run, fake)
     edited = loader.load(write_spec(chain(**{"lr: 0.001": "lr: 0.01"}), "edited.yaml"))
     notes: list[str] = []
-    decisions = apply.replan(run, built, edited, plan.build(edited), fake, notes=notes)
+    decisions = replan.replan(run, built, edited, plan.build(edited), fake, notes=notes)
     assert sorted(decisions) == ["finetune", "merge"]
     state = run.read()
     assert state.spec_version == 2 and (run.paths.root / "spec.2.yaml").read_text() == edited.source.path.read_text()
@@ -309,7 +331,7 @@ def test_rerun_spec_resubmits_changed_and_dependents_and_records_versions(write_
     assert (run.paths.workdir_default / "merged" / "model").read_text() == "base\n0.01\n"
     with pytest.raises(PipelineError, match="changes no stage's key"):
         same = loader.load(write_spec(chain(**{"lr: 0.001": "lr: 0.01", 'time: "10"': 'time: "20"'}), "t.yaml"))
-        apply.replan(run, plan.load_saved(json.loads(run.paths.plan.read_text()), run.paths.root / "scripts"), same,
+        replan.replan(run, plan.load_saved(json.loads(run.paths.plan.read_text()), run.paths.root / "scripts"), same,
                      plan.build(same), fake)
 
 
@@ -318,7 +340,7 @@ def test_rerun_spec_refuses_to_drop_a_live_stage(write_spec, tmp_path, fake):
     renamed = loader.load(write_spec(chain().replace("name: report", "name: sizes"), "r.yaml"))
     before = run.paths.plan.read_text()
     with pytest.raises(PipelineError, match="removes or renames stage.s. report .job \\d+.*live job"):
-        apply.replan(run, built, renamed, plan.build(renamed), fake)
+        replan.replan(run, built, renamed, plan.build(renamed), fake)
     assert run.paths.plan.read_text() == before and run.read().spec_version == 1  # nothing changed
 
 

@@ -26,11 +26,9 @@ LONG_MODULES: dict[str, str] = {
     "orchestrator/scheduler/slurm.py": "the Slurm backend: sbatch flags, sacct/squeue parsing, pending reasons "
                                        "(issue 12 item 2 moves more in); parsers to their own module. " + _ISSUE_14,
     "orchestrator/apply.py": "submit, resume, rerun, cancel, holds. " + _ISSUE_14,
-    "orchestrator/sweep.py": "sweep expansion, variant specs and plans. " + _ISSUE_14,
     "orchestrator/state.py": "state models, RunPaths, Store, locks, run index (issue 12 item 1 adds paths). "
                              + _ISSUE_14,
     "orchestrator/status.py": "refresh, merge of scheduler and job records, notes. " + _ISSUE_14,
-    "orchestrator/cache.py": "stage cache lookup and adoption. " + _ISSUE_14,
     "stages/finetune.py": "the finetune program; being reworked for the issue 11 benchmark by its own helper",
 }
 
@@ -45,10 +43,6 @@ CYCLE_EDGES: dict[tuple[str, str], str] = {
     ("orchestrator.scheduler", "orchestrator.scheduler.local"): "for_cluster picks the backend; the backends import "
         "the request/JobInfo types from the package. Fix: the types in their own module",
     ("orchestrator.scheduler", "orchestrator.scheduler.slurm"): "as for the local backend",
-    ("orchestrator.plan", "orchestrator.sweep"): "plan.build hands a spec with a sweep to sweep, which builds each "
-        "variant with plan. Fix: the dispatch in a module above both (issue 14 sweep)",
-    ("orchestrator.apply", "orchestrator.arrays"): "submit_stages hands a plan with variants to arrays, which reuses "
-        "apply.dependency_id. Fix: that helper in its own module (issue 14 sweep)",
 }
 
 
