@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from submit_chain import PIPELINE, REPO, _count, ensure_cluster, makespan, raw_chain, sh  # noqa: E402
+from submit_chain import PIPELINE, REPO, _count, ensure_cluster, makespan, raw_chain, sh
 
 
 def spec_text(variants: int) -> str:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from orchestrator import dag
 from orchestrator import state as statelib
-from orchestrator.apply import dependency_id
+from orchestrator.deps import dependency_id
 from orchestrator.plan import Plan
 from orchestrator.scheduler import ArrayRequest, Scheduler, SubmitRequest
 from orchestrator.state import Attempt, RunState, Store

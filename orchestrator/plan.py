@@ -136,13 +136,13 @@ def environment() -> jinja2.Environment:
 
 def build(spec: Spec, variant: dict[str, dict[str, Any]] | None = None) -> Plan:
     """Render every stage; raises RenderError before anything is submitted. A spec with a sweep expands into its
-    variants (orchestrator/sweep.py), which renders each variant's stages with `variant` = {stage: {name, links}}:
+    variants (orchestrator/sweepplan.py), which renders each variant's stages with `variant` = {stage: {name, links}}:
     the template gives such a stage its own folder under the workdir."""
     pipeline = spec.pipeline
     if pipeline.sweep is not None:
-        from orchestrator import sweep  # late: sweep builds on this module
+        from orchestrator import sweepplan  # late: only a sweep needs it; it gets this function, never imports plan
 
-        return sweep.build_plan(spec)
+        return sweepplan.build_plan(spec, build)
     registry = families.registry()
     parents = spec.parents()
     order = dag.topological(parents)

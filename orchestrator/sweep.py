@@ -17,7 +17,6 @@ import re
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
@@ -29,7 +28,7 @@ from orchestrator.spec import Pipeline, Resources, Spec, Sweep
 from orchestrator.yamlsrc import error_at, validation_error
 
 if TYPE_CHECKING:
-    from orchestrator.plan import Plan, StagePlan
+    from orchestrator.plan import Plan
     from orchestrator.state import RunState
 
 SEP = "@"  # `finetune@v2`: never in a user's stage name (spec.NAME_RE), so a variant stage cannot collide
@@ -61,17 +60,16 @@ def split_name(name: str) -> tuple[str, str | None]:
     return (base, variant) if sep else (name, None)
 
 
-# One expansion and one plan per loaded spec: validate() builds the plan to check it, submit/render reuse it.
+# One expansion per loaded spec: the loader's validate() and the plan (sweepplan.py) share it.
 _EXPANDED: weakref.WeakKeyDictionary[Spec, list[tuple[Variant, Spec]]] = weakref.WeakKeyDictionary()
-_PLANS: weakref.WeakKeyDictionary[Spec, Plan] = weakref.WeakKeyDictionary()
 
 
 def validate(spec: Spec) -> list[str]:
-    """Expand the sweep and check every variant as the file is checked, then the plan (arrays need equal
-    resources). Raises SpecError naming the sweep key and its line; returns the variants' warnings, once each."""
+    """Expand the sweep and check every variant as the file is checked (the plan, sweepplan.py, then refuses a sweep
+    that changes an array stage's resources). Raises SpecError naming the sweep key and its line; returns the
+    variants' warnings, once each."""
     warnings: list[str] = []
     variant_specs(spec, warnings)
-    build_plan(spec)
     return list(dict.fromkeys(warnings))
 
 
@@ -238,114 +236,6 @@ def _set(data: Any, target: yamlsrc.KeyPath, value: Any) -> None:
         else:
             data = data[part]
     data[target[-1]] = value
-
-
-# ---------------------------------------------------------------------------------------------------------- plan
-
-
-def build_plan(spec: Spec) -> Plan:
-    """The expanded plan: shared stages once, the others once per variant (see the module docstring)."""
-    cached = _PLANS.get(spec)
-    if cached is None:
-        cached = _PLANS[spec] = _build_plan(spec)
-    return cached
-
-
-def _build_plan(spec: Spec) -> Plan:
-    from orchestrator import plan as planlib  # late: plan.build calls this for a spec with a sweep
-
-    variants = variant_specs(spec)
-    first = [planlib.build(s) for _, s in variants]
-    order = [s.name for s in first[0].stages]
-    shared: set[str] = set()
-    for name in order:
-        same = all(_work(p.stage(name)) == _work(first[0].stage(name)) for p in first)
-        if same and all(parent in shared for parent in first[0].stage(name).after):
-            shared.add(name)
-    per_variant = [n for n in order if n not in shared]
-    _check_resources(spec, variants, first, per_variant)
-    links = _links(first[0], shared)
-    stages: list[StagePlan] = [first[0].stage(n) for n in order if n in shared]
-    for variant, variant_spec in variants:
-        context = {n: {"name": variant.name, "index": variant.index, "links": links[n]} for n in per_variant}
-        rendered = planlib.build(variant_spec, context)
-        stages += [_as_variant(rendered.stage(n), variant.name, shared) for n in per_variant]
-    by_name = {s.name: s for s in stages}
-    topo = dag.topological({s.name: list(s.after) for s in stages})
-    sweep = spec.pipeline.sweep
-    assert sweep is not None
-    return dataclasses.replace(first[0], stages=tuple(by_name[n] for n in topo),
-                               variants=tuple(v.to_json() for v, _ in variants), throttle=sweep.throttle)
-
-
-def _work(stage: StagePlan) -> tuple[Any, ...]:
-    """What makes two renderings of a stage the same work: the cache's stage key when the plan has one (issue 14
-    item 1: script, settings, params, input files and the parents' keys), else the script itself; and the outputs
-    and resources (a shared stage is one job)."""
-    return (getattr(stage, "key", "") or stage.script, stage.outputs, stage.resources)
-
-
-def _check_resources(spec: Spec, variants: list[tuple[Variant, Spec]], plans: list[Plan], names: list[str]) -> None:
-    """A job array asks for the same resources for every task (sbatch(1) --array): refuse a sweep that changes a
-    per-variant stage's resources, naming the stage and the sweep key."""
-    for name in names:
-        base = plans[0].stage(name).resources
-        for (variant, _), plan in zip(variants, plans):
-            if plan.stage(name).resources == base:
-                continue
-            first = variants[0][0]
-            keys = [k for (k, v), (_, v0) in zip(variant.values, first.values) if v != v0] or [k for k, _ in variant.values]
-            loc = variant.locs[[k for k, _ in variant.values].index(keys[0])] if variant.values else ("sweep",)
-            raise error_at(spec.source, loc,
-                           f"sweep key {keys[0]} changes the resources of stage {name} (variant {variant.name}: "
-                           f"{_diff(base, plan.stage(name).resources)}); the variants of {name} run as one job "
-                           "array, and every task of an array gets the same resources",
-                           "sweep only values that leave resources alone, or write a separate pipeline per "
-                           "resource shape")
-
-
-def _diff(a: Resources, b: Resources) -> str:
-    da, db = a.model_dump(), b.model_dump()
-    return ", ".join(f"{k} {da[k]} vs {db[k]}" for k in da if da[k] != db[k])
-
-
-def _links(plan: Plan, shared: set[str]) -> dict[str, list[str]]:
-    """For each per-variant stage, the relative outputs of its shared ancestors, linked into its variant folder."""
-    parents = plan.parents()
-    result: dict[str, list[str]] = {}
-    for stage in plan.stages:
-        if stage.name in shared:
-            continue
-        ancestors = [a for a in dag.topological(parents) if a in shared and a in _upstream(parents, stage.name)]
-        paths: list[str] = []
-        for name in ancestors:
-            roots = getattr(plan.stage(name), "output_roots", ()) or plan.stage(name).outputs
-            paths += [r for r in roots if not PurePosixPath(r).is_absolute() and r not in paths]
-        result[stage.name] = paths
-    return result
-
-
-def _upstream(parents: dict[str, list[str]], name: str) -> set[str]:
-    seen: set[str] = set()
-    todo = list(parents[name])
-    while todo:
-        node = todo.pop()
-        if node not in seen:
-            seen.add(node)
-            todo += parents[node]
-    return seen
-
-
-def _as_variant(stage: StagePlan, variant: str, shared: set[str]) -> StagePlan:
-    def moved(paths: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(p if PurePosixPath(p).is_absolute() else f"variants/{variant}/{p}" for p in paths)
-
-    after = tuple(p if p in shared else stage_name(p, variant) for p in stage.after)
-    extra: dict[str, Any] = {}
-    if hasattr(stage, "output_roots"):
-        extra["output_roots"] = moved(stage.output_roots)
-    return dataclasses.replace(stage, name=stage_name(stage.name, variant), after=after, outputs=moved(stage.outputs),
-                               base=stage.name, variant=variant, **extra)
 
 
 def variant_names(plan: Plan) -> list[str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.state import RunPaths, RunState
-from orchestrator.sweep import SEP as SEP
+from orchestrator.sweep import SEP
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,11 @@ class Sweep:
     @property
     def names(self) -> list[str]:
         return [str(v["name"]) for v in self.variants]
+
+
+def in_matrix(stage: str) -> bool:
+    """A per-variant stage (`finetune@v2`): the matrix shows it."""
+    return SEP in stage
 
 
 def of_run(run_dir: Path) -> Sweep | None:

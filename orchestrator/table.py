@@ -16,7 +16,7 @@ def run_table(view: status.RunView) -> str:
     lines.append(f"  {'STAGE':<16} {'STATE':<14} {'JOB':<10} {'NODES':<14} {'ELAPSED':>9} {'EXIT':>4}  NOTE")
     matrix = sweepview.lines(view.run_dir, st)  # a sweep: its variants x stages matrix follows the table
     for name, stage in st.stages.items():
-        if matrix and stage.state.ok and sweepview.SEP in name:
+        if matrix and stage.state.ok and sweepview.in_matrix(name):
             continue  # shown in the matrix; a variant stage that did not succeed keeps its row and its note
         cur = stage.current
         if cur is None:

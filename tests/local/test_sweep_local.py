@@ -77,7 +77,7 @@ def test_tiny_llama_learning_rate_sweep_with_the_real_hf_stages(write_spec, caps
     (stages/evaluate.py) are compared in status with the lower tuned loss marked."""
     text = (REPO / "examples" / "tiny-llama-local.yaml").read_text()
     text = text.replace("data: data/dolly-tiny.jsonl", f"data: {REPO / 'examples' / 'data' / 'dolly-tiny.jsonl'}")
-    text = text.replace("max_steps: 120", "max_steps: 40").replace("save_steps: 40", "save_steps: 20")
+    text = text.replace("max_steps: 120", "max_steps: 20").replace("save_steps: 40", "save_steps: 10")
     text = text.replace("max_loss_ratio: 0.95", "max_loss_ratio: 1.01")
     text = "\n".join(line for line in text.splitlines() if "kind: inference" not in line)
     text += "\nsweep:\n  variants:\n    - {name: hi, settings.learning_rate: 1.0e-2}\n" \

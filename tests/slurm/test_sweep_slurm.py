@@ -84,7 +84,8 @@ def test_four_variants_share_download_and_run_as_arrays_chained_by_aftercorr(slu
     array = finetune[0].split("_")[0]
     assert finetune == [f"{array}_{i}" for i in range(4)]
     # the controller holds the pending finetunes as ONE array record while download runs
-    queued = subprocess.run(["squeue", "-h", "-o", "%i", "-j", array], capture_output=True, text=True).stdout.split()
+    queued = subprocess.run(["squeue", "-h", "-o", "%i", "-j", array], capture_output=True, text=True,
+                            check=True).stdout.split()
     assert queued == [f"{array}_[0-3%2]"] or all(q.startswith(f"{array}_") for q in queued)
     shown = subprocess.run(["scontrol", "show", "job", array], capture_output=True, text=True, check=True).stdout
     assert "ArrayTaskThrottle=2" in shown  # sweep.throttle -> --array=0-3%2

@@ -180,7 +180,7 @@ def test_status_matrix_and_best_evaluation(run):
 def bad(write_spec, sweep_block):
     text = SWEEP.split("    sweep:")[0] + sweep_block
     with pytest.raises(SpecError) as err:
-        loader.load(write_spec(text))
+        plan.build(loader.load(write_spec(text)))  # the resource check is the plan's
     return err.value.message
 
 
@@ -225,7 +225,7 @@ def test_default_setting_not_in_the_file_may_be_swept(write_spec):
     """A typed field the file leaves at its default (Resources.time) is a key that exists."""
     text = SWEEP.split("    sweep:")[0] + "    sweep:\n      grid:\n        stages.download.resources.time: ['5', '6']\n"
     with pytest.raises(SpecError, match="changes the resources of stage download"):
-        loader.load(write_spec(text))  # it exists; but download is then per-variant and its resources differ
+        plan.build(loader.load(write_spec(text)))  # it exists; but download is then per-variant and its resources differ
 
 
 def test_slurm_array_ids_parse():
