@@ -11,15 +11,15 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from orchestrator import memfit
-from orchestrator.families.base import Family, FitContext, Kind, Params
+from orchestrator.families import common
+from orchestrator.families.base import Family, FitContext, Kind
 from orchestrator.families.base import Params as Strict
 
 
-class HfLora(Strict):
-    r: Annotated[int, Field(gt=0)] = 8
-    alpha: Annotated[int, Field(gt=0)] = 32
-    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.05
-    target_modules: Annotated[list[str], Field(min_length=1)] = ["q_proj", "v_proj"]
+class HfLora(common.Lora):
+    r: common.Positive = 8
+    alpha: common.Positive = 32
+    target_modules: common.Modules = ["q_proj", "v_proj"]
 
 
 class HfSettings(Strict):
@@ -83,16 +83,13 @@ class LmEvalParams(Strict):
     batch_size: Annotated[int, Field(gt=0)] = 1
 
 
-class EvaluateParams(Params):
-    max_loss_ratio: Annotated[float, Field(gt=0)] = 1.0
+class EvaluateParams(common.EvaluateParams):
     lm_eval: LmEvalParams | None = None  # None: no lm_eval run, and the script is exactly as without it
 
 
-class InferenceParams(Params):
+class InferenceParams(common.InferenceParams):
     prompts: list[str] = ["What is the capital of France?"]
-    system_prompt: str | None = None
-    max_new_tokens: Annotated[int, Field(gt=0)] = 32
-    temperature: Annotated[float, Field(ge=0)] = 0.0
+    max_new_tokens: common.Positive = 32
 
 
 def _context(settings: Any) -> dict[str, Any]:

@@ -70,3 +70,15 @@ def test_shared_inference_params_render_per_family(write_spec):
     neuron = _inference_script(write_spec, "neuron", "{system_prompt: null}")
     assert "--system-prompt" not in neuron
     assert "--temperature 0.6 --top-p 0.9 \\\n" in neuron
+
+
+def test_hf_inference_and_lora_are_the_shared_models(write_spec):
+    """hf's inference and LoRA params are common's with hf's defaults (one model each, issue 12 item 5): hf now
+    takes top_p too, and the one inference macro (templates/_inference.sh.j2) renders it as for nxd."""
+    from orchestrator.families import common, hf
+
+    assert issubclass(hf.InferenceParams, common.InferenceParams) and issubclass(hf.HfLora, common.Lora)
+    assert issubclass(hf.EvaluateParams, common.EvaluateParams)
+    script = _inference_script(write_spec, "hf", "{top_p: 0.5}")
+    assert '--base "$WORKDIR/model" \\\n  --model "$WORKDIR/merged" \\\n' in script
+    assert "--max-new-tokens 32 --temperature 0.0 --top-p 0.5 \\\n" in script
