@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,6 @@ class RunView:
     run_dir: Path
     state: RunState
     warning: str | None = None
-    records: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _cluster_of(run_dir: Path) -> ClusterProfile:
