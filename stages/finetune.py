@@ -188,6 +188,36 @@ def collate(chunks: list[datalib.Chunk], pad_id: int, device: Any) -> dict[str, 
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
 
 
+def answer_targets(labels: Any) -> tuple[Any, Any]:
+    """The positions whose next token carries a label, and those labels: the causal shift of transformers'
+    ForCausalLMLoss (transformers 4.57 loss/loss_utils.py: labels padded with one -100, then labels[..., 1:])."""
+    import torch
+
+    shifted = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)
+    keep = shifted != -100
+    return keep, shifted[keep]
+
+
+def answer_loss(model: Any, head: Any, batch: dict[str, Any]) -> Any:
+    """model(**batch).loss - the mean cross-entropy over the labelled (answer) tokens - with the LM head applied
+    only at the positions that have a label. transformers computes the logits of every position and drops the
+    prompt's in the loss; with answer-only labels most rows of that (tokens x vocabulary) product, and of its
+    backward, are thrown away. A forward pre-hook on the head module hands it the labelled rows only, so the call
+    still goes through the wrapper's forward (DDP's and FSDP's hooks run as before). A model that does not call
+    its head module (logits still 3-D) gets its logits indexed instead: the same loss, without the saving."""
+    import torch
+
+    keep, targets = answer_targets(batch["labels"])
+    handle = head.register_forward_pre_hook(lambda _module, args: (args[0][keep], *args[1:]))
+    try:  # use_cache=False: a training step never reads the KV cache the forward would otherwise fill
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    finally:
+        handle.remove()
+    if logits.dim() == 3:
+        logits = logits[keep]
+    return torch.nn.functional.cross_entropy(logits.float(), targets)  # float: as ForCausalLMLoss upcasts
+
+
 def trainable_state(model: Any) -> dict[str, Any]:
     return {k: v.detach().cpu() for k, v in model.named_parameters() if v.requires_grad}
 
@@ -295,6 +325,7 @@ def train(args: argparse.Namespace) -> int:
         args.fsdp = False
     torch.manual_seed(args.seed)
     model, tokenizer = load_model(args, dist)
+    head = model.get_output_embeddings()  # before DDP/FSDP wrap it; they keep this module object
     train_set, _ = datalib.load(args.data, args.format, tokenizer, args.eval_fraction, args.seed)
     chunks = (datalib.pack if args.packing else datalib.pad)(train_set, tokenizer, args.seq_len)
     if not chunks:
@@ -324,25 +355,29 @@ def train(args: argparse.Namespace) -> int:
     next_progress = 0.0
     while step < steps:
         profiler = start_profile(args.profile_step == step + 1 and dist.rank == 0)
-        started, tokens, loss_sum = time.perf_counter(), 0, 0.0
+        started, tokens, labelled, loss_sum = time.perf_counter(), 0, 0, torch.zeros((), device=dist.device)
         for indices in micro_batches(len(chunks), args.batch_size, dist.world, dist.rank, args.seed,
                                      step * args.grad_accum, args.grad_accum):
-            batch = collate([chunks[i] for i in indices], tokenizer.pad_token_id, dist.device)
-            loss = model(**batch).loss / args.grad_accum
+            micro = [chunks[i] for i in indices]
+            batch = collate(micro, tokenizer.pad_token_id, dist.device)
+            loss = answer_loss(model, head, batch) / args.grad_accum
             loss.backward()
-            loss_sum += float(loss.item())
-            tokens += int(batch["attention_mask"].sum())
+            loss_sum += loss.detach()  # read once per step, not once per micro-batch (a GPU sync each)
+            tokens += sum(len(ids) for ids, _ in micro)
+            labelled += sum(label != -100 for _, labels in micro for label in labels[1:])
         grad_norm = sharding.clip_grad_norm(model, params, 1.0)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
         stop_profile(profiler, args.output / f"profile-step-{step}.txt")
-        loss_mean = dist.mean(loss_sum)
+        loss_mean = dist.mean(float(loss_sum))
         rate = dist.world * tokens / (time.perf_counter() - started)
-        if metrics is not None:
+        if metrics is not None:  # labelled_tokens: rank 0's, what bench/finetune.py counts the LM head's FLOPs on
             metrics.write(json.dumps({"step": step, "loss": round(loss_mean, 5), "lr": scheduler.get_last_lr()[0],
-                                      "tokens_per_s": round(rate, 1)}) + "\n")
+                                      "tokens_per_s": round(rate, 1), "tokens": tokens,
+                                      "labelled_tokens": labelled, "time": round(time.time(), 4),
+                                      "cpu_time": round(time.process_time(), 4)}) + "\n")
             metrics.flush()
             metric(step=step, steps=steps, loss=round(loss_mean, 5), lr=scheduler.get_last_lr()[0],
                    grad_norm=grad_norm, tokens_per_s=round(rate, 1))
