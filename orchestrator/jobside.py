@@ -15,11 +15,13 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from orchestrator import STAGES_PATH, manifest, notify, proc, tracking
+from orchestrator import STAGES_PATH, manifest, notify, tracking
 from orchestrator import secrets as secretlib
 from orchestrator.errors import PipelineError
 from orchestrator.spec import SecretRef
@@ -40,30 +42,27 @@ def write_record(path: Path, record: dict[str, Any]) -> None:
     atomic_write(path, json.dumps(record, sort_keys=True))
 
 
-def run_stage(run_dir: str, stage: str, job_id: str | None = None) -> None:
-    """Entry point submitted through submitit (and run by the local driver). Exits non-zero on failure."""
-    rc = execute(Path(run_dir), stage, job_id or slurm_job_id())
-    if rc:
-        sys.exit(rc)
+@dataclass(frozen=True)
+class JobEnv:
+    """The running job as its scheduler describes it (submitit's JobEnvironment): which restart this is, where
+    it runs and, where the scheduler has them, its time left (seconds; None: unknown) and a requeue of itself.
+    The Slurm backend builds one (scheduler/slurm.py job_environment); local jobs have no restarts or limits."""
+
+    restarts: int = 0
+    node: str | None = None
+    nodes: str | None = None
+    time_left: Callable[[str], int | None] | None = None
+    requeue: Callable[[str], None] | None = None
 
 
-def slurm_job_id() -> str:
-    """This job's id as sbatch gave it: `<array id>_<task>` for a job array's task (SLURM_JOB_ID is then the
-    task's own number, which neither our state nor `scontrol release`/`scancel` of the array use)."""
-    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
-    if array and task:
-        return f"{array}_{task}"
-    return os.environ.get("SLURM_JOB_ID", "unknown")
-
-
-def execute(run_dir: Path, stage: str, job_id: str) -> int:
+def execute(run_dir: Path, stage: str, job_id: str, job: JobEnv = JobEnv()) -> int:
     paths = RunPaths(run_dir)
     plan = json.loads(paths.plan.read_text(encoding="utf-8"))
     spec = next(s for s in plan["stages"] if s["name"] == stage)
-    restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+    restarts = job.restarts
     rec_path = record_path(paths, stage, job_id, restarts)
     record: dict[str, Any] = {"job_id": job_id, "stage": stage, "restarts": restarts, "host": socket.gethostname(),
-                              "node": os.environ.get("SLURMD_NODENAME"), "nodes": os.environ.get("SLURM_JOB_NODELIST"),
+                              "node": job.node, "nodes": job.nodes,
                               "start": now_iso(), "pid": os.getpid()}
     write_record(rec_path, record)
     log_path = paths.log(stage, job_id)
@@ -75,7 +74,7 @@ def execute(run_dir: Path, stage: str, job_id: str) -> int:
         unshared = manifest.break_shared_links(paths.workdir(plan["workdir"]), spec.get("output_roots") or [])
         if unshared:
             log.write(f"=== pipeline: {unshared} output file(s) shared with a later run copied first\n".encode())
-        rc, reason = _run_script(paths, plan, stage, job_id, log)
+        rc, reason = _run_script(paths, plan, stage, job_id, log, job)
         if rc == 0:
             missing = _missing_outputs(plan, paths, spec["outputs"])
             if missing:
@@ -91,7 +90,8 @@ def execute(run_dir: Path, stage: str, job_id: str) -> int:
     return rc
 
 
-def _run_script(paths: RunPaths, plan: dict[str, Any], stage: str, job_id: str, log: Any) -> tuple[int, str | None]:
+def _run_script(paths: RunPaths, plan: dict[str, Any], stage: str, job_id: str, log: Any,
+                job: JobEnv) -> tuple[int, str | None]:
     env = dict(os.environ)
     try:
         refs = {k: SecretRef.model_validate(v) for k, v in plan["secrets"].items()}
@@ -113,7 +113,7 @@ def _run_script(paths: RunPaths, plan: dict[str, Any], stage: str, job_id: str, 
                              env=env, cwd=str(paths.root), start_new_session=True)
     forwarder.attach(child)
     spec = next(s for s in plan["stages"] if s["name"] == stage)
-    timer = _requeue_before_timeout(child, job_id, spec["retries"], log)
+    timer = requeue_before_timeout(child, job_id, spec["retries"], log, job)
     redact = [v.encode() for v in values.values() if v]
     assert child.stdout is not None
     for line in iter(child.stdout.readline, b""):
@@ -128,16 +128,15 @@ def _run_script(paths: RunPaths, plan: dict[str, Any], stage: str, job_id: str, 
     return rc, None if rc == 0 else f"script exited {rc}"
 
 
-def _requeue_before_timeout(child: subprocess.Popen[bytes], job_id: str, retries: int,
-                            log: Any) -> threading.Timer | None:
+def requeue_before_timeout(child: subprocess.Popen[bytes], job_id: str, retries: int, log: Any,
+                           job: JobEnv) -> threading.Timer | None:
     """With `retries`, a job about to hit its time limit asks the program to checkpoint (SIGUSR2), then requeues
     itself: same job id, so afterok dependents keep waiting (sbatch(1) --requeue). Slurm's own --signal reaches
     only job steps, not this batch-step process, so the wrapper keeps its own clock."""
-    restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
-    if not retries or restarts >= retries or not os.environ.get("SLURM_JOB_ID"):
+    restarts, requeue = job.restarts, job.requeue
+    if not retries or restarts >= retries or job.time_left is None or requeue is None:
         return None
-    left = proc.run(["squeue", "-h", "-j", job_id, "-o", "%L"], check=False, timeout=30).stdout.strip()
-    seconds = slurm_seconds(left)
+    seconds = job.time_left(job_id)
     if seconds is None:
         return None
 
@@ -150,29 +149,12 @@ def _requeue_before_timeout(child: subprocess.Popen[bytes], job_id: str, retries
             child.wait(timeout=GRACE_S * 0.75)
         except (ProcessLookupError, subprocess.TimeoutExpired):
             pass
-        proc.run(["scontrol", "requeue", job_id], check=False, timeout=30)
+        requeue(job_id)
 
     timer = threading.Timer(max(1.0, seconds - GRACE_S), fire)
     timer.daemon = True
     timer.start()
     return timer
-
-
-def slurm_seconds(value: str) -> int | None:
-    """Seconds in a Slurm duration ([D-]HH:MM:SS, MM:SS); None for UNLIMITED or garbage."""
-    days = 0
-    if "-" in value:
-        head, _, value = value.partition("-")
-        if not head.isdigit():
-            return None
-        days = int(head)
-    parts = value.split(":")
-    if not parts or not all(p.isdigit() for p in parts):
-        return None
-    seconds = 0
-    for part in parts:
-        seconds = seconds * 60 + int(part)
-    return days * 86400 + seconds
 
 
 class SignalForwarder:
