@@ -46,7 +46,7 @@ def write_record(path: Path, record: dict[str, Any]) -> None:
 class JobEnv:
     """The running job as its scheduler describes it (submitit's JobEnvironment): which restart this is, where
     it runs and, where the scheduler has them, its time left (seconds; None: unknown) and a requeue of itself.
-    The Slurm backend builds one (scheduler/slurm.py job_environment); local jobs have no restarts or limits."""
+    The Slurm backend builds one (scheduler/slurm_job.py); local jobs have no restarts or time limits."""
 
     restarts: int = 0
     node: str | None = None

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator import jobside, proc
+from orchestrator import proc
 from orchestrator.errors import CommandError, SchedulerError
 from orchestrator.scheduler import (
     DEFAULT_MAX_ARRAY_SIZE,
@@ -26,6 +26,7 @@ from orchestrator.scheduler import (
     JobInfo,
     SubmitRequest,
 )
+from orchestrator.scheduler.slurm_job import run_stage
 from orchestrator.secrets import job_env
 from orchestrator.spec import ClusterProfile
 from orchestrator.state import faultpoint
@@ -39,57 +40,6 @@ SQUEUE_FORMAT = "%i|%T|%r|%N|%S"  # with -r (--array): one line per array task, 
 USAGE_FIELDS = "JobID,ElapsedRaw,NNodes,AllocTRES,TotalCPU,CPUTimeRAW,MaxRSS"
 QUERY_TIMEOUT_S = 30.0
 REQUEUABLE = frozenset({JobState.NODE_FAIL, JobState.PREEMPTED})
-
-
-def run_stage(run_dir: str, stage: str) -> None:
-    """What submitit runs in the job: the job wrapper, told by `job_environment` what Slurm says of it."""
-    rc = jobside.execute(Path(run_dir), stage, slurm_job_id(), job_environment())
-    if rc:
-        sys.exit(rc)
-
-
-def slurm_job_id() -> str:
-    """This job's id as sbatch gave it: `<array id>_<task>` for a job array's task (SLURM_JOB_ID is then the
-    task's own number, which neither our state nor `scontrol release`/`scancel` of the array use)."""
-    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
-    if array and task:
-        return f"{array}_{task}"
-    return os.environ.get("SLURM_JOB_ID", "unknown")
-
-
-def job_environment() -> jobside.JobEnv:
-    """The job's restart count and nodes from its environment (sbatch(1) OUTPUT ENVIRONMENT VARIABLES), its
-    time left from squeue and a requeue by scontrol, so the wrapper can requeue it before the time limit."""
-    in_job = bool(os.environ.get("SLURM_JOB_ID"))
-    return jobside.JobEnv(restarts=int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
-                          node=os.environ.get("SLURMD_NODENAME"), nodes=os.environ.get("SLURM_JOB_NODELIST"),
-                          time_left=_time_left if in_job else None, requeue=_requeue if in_job else None)
-
-
-def _time_left(job_id: str) -> int | None:
-    left = proc.run(["squeue", "-h", "-j", job_id, "-o", "%L"], check=False, timeout=30).stdout.strip()
-    return slurm_seconds(left)
-
-
-def _requeue(job_id: str) -> None:
-    proc.run(["scontrol", "requeue", job_id], check=False, timeout=30)
-
-
-def slurm_seconds(value: str) -> int | None:
-    """Seconds in a Slurm duration ([D-]HH:MM:SS, MM:SS); None for UNLIMITED or garbage."""
-    days = 0
-    if "-" in value:
-        head, _, value = value.partition("-")
-        if not head.isdigit():
-            return None
-        days = int(head)
-    parts = value.split(":")
-    if not parts or not all(p.isdigit() for p in parts):
-        return None
-    seconds = 0
-    for part in parts:
-        seconds = seconds * 60 + int(part)
-    return days * 86400 + seconds
 
 
 def job_name(run_id: str, stage: str) -> str:

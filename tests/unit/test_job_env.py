@@ -1,5 +1,5 @@
 """The job wrapper asks its scheduler, not Slurm's commands, how long the job has and how to requeue it (issue 12
-item 2): jobside.requeue_before_timeout runs on a JobEnv, which the Slurm backend builds (scheduler/slurm.py
+item 2): jobside.requeue_before_timeout runs on a JobEnv, which the Slurm backend builds (scheduler/slurm_job.py
 job_environment: squeue %L, scontrol requeue).
 
 Here a recorder stands in for squeue/scontrol (no Slurm in unit tests); the child is a real process in its own
@@ -16,7 +16,7 @@ import time
 import pytest
 
 from orchestrator import jobside
-from orchestrator.scheduler import slurm
+from orchestrator.scheduler import slurm_job as slurm
 
 
 @pytest.fixture
