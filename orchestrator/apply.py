@@ -12,7 +12,7 @@ import os
 from collections.abc import Collection
 from pathlib import Path
 
-from orchestrator import cache, dag, manifest, overrides
+from orchestrator import cache, dag, durable, manifest, overrides
 from orchestrator.deps import dependency_id
 from orchestrator import state as statelib
 from orchestrator.errors import PartlySubmitted, PipelineError
@@ -53,9 +53,11 @@ def create_run(spec: Spec, plan: Plan, root: Path, hold: contextlib.ExitStack | 
     statelib.faultpoint("staging-created")
     paths.make_dirs()
     text = overrides.effective_text(spec.source)  # the file as written, or with --set overrides applied
-    statelib.atomic_write(paths.spec_copy, text)
+    # Plain writes, then one barrier (durable.sync_tree) before the run is indexed and renamed into view: the
+    # staging folder is read by nobody until then (a 64-variant sweep has 385 scripts; an fsync each was 1.5 s).
+    durable.write_staged(paths.spec_copy, text)
     for stage in plan.stages:
-        statelib.atomic_write(paths.script(stage.name), stage.script, mode=0o755)
+        durable.write_staged(paths.script(stage.name), stage.script, mode=0o755)
     statelib.write_json(paths.plan, plan.to_json())
     store = Store(paths.root)
     store.create(RunState(
@@ -64,6 +66,7 @@ def create_run(spec: Spec, plan: Plan, root: Path, hold: contextlib.ExitStack | 
         spec_source=str(spec.source.path.resolve()), spec_overrides=list(spec.source.overrides),
         stages={s.name: StageState(after=list(s.after)) for s in plan.stages},
     ))
+    durable.sync_tree(paths.root)
     statelib.faultpoint("staged")
     if hold is not None:
         hold.enter_context(store.changing())  # flock follows the inode through the rename
