@@ -17,8 +17,7 @@ from orchestrator.deps import dependency_id
 from orchestrator import state as statelib
 from orchestrator.errors import PartlySubmitted, PipelineError
 from orchestrator.plan import Plan
-from orchestrator.scheduler import Scheduler, SubmitRequest, for_cluster
-from orchestrator.scheduler.slurm import ACCOUNTED_AS
+from orchestrator.scheduler import ACCOUNTED_AS, Scheduler, SubmitRequest, for_cluster
 from orchestrator.spec import Spec
 from orchestrator.state import Attempt, RunPaths, RunState, StageState, Store
 from orchestrator.states import JobState

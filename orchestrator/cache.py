@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
-from collections.abc import Collection, Iterable
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +26,7 @@ from orchestrator import dag
 from orchestrator import state as statelib
 from orchestrator.errors import PipelineError
 from orchestrator.manifest import entries, read_manifest, verify
+from orchestrator.scheduler import short_id
 from orchestrator.state import Attempt, CacheSource, RunPaths, Store
 from orchestrator.states import JobState
 
@@ -133,7 +133,7 @@ def _check_entry(entry: dict[str, Any], stage: StagePlan, cluster: str, refresh:
         return f"ran on cluster {entry.get('cluster')}, not {cluster}"
     paths = RunPaths(run_dir)
     try:
-        saved = json.loads(paths.plan.read_text(encoding="utf-8"))
+        saved = paths.plan_json()
         theirs = next(s for s in saved["stages"] if s["name"] == name)
         state = Store(run_dir).read()
     except (OSError, ValueError, KeyError, StopIteration, PipelineError):
@@ -201,7 +201,7 @@ def link_outputs(source: CacheSource, target: Path) -> str:
     paths = RunPaths(Path(source.run_dir))
     manifest = read_manifest(paths.manifest(source.stage, source.job_id))
     try:
-        saved = json.loads(paths.plan.read_text(encoding="utf-8"))
+        saved = paths.plan_json()
     except (OSError, ValueError):
         raise _LinkError("its source run's plan is unreadable") from None
     if manifest is None:
@@ -248,7 +248,7 @@ def _link(src: Path, dst: Path) -> str:
 
 def cached_job_id(source: CacheSource) -> str:
     """The attempt id of a CACHED stage: no job of its own; names the job that made the outputs."""
-    return f"cached-{source.job_id.rsplit('/', 1)[-1]}"  # the local backend's ids are <run id>/<n>: keep <n>
+    return f"cached-{short_id(source.job_id)}"
 
 
 def _mark_cached(store: Store, name: str, source: CacheSource, spec_version: int | None) -> None:
@@ -259,7 +259,7 @@ def _mark_cached(store: Store, name: str, source: CacheSource, spec_version: int
     statelib.write_json(paths.manifest(name, job_id), manifest)  # this run's own copy, checked by verify_own
     now = statelib.now_iso()
     # A record like the job wrapper's, so everything reading records (status fallback, notify) sees it ended well.
-    statelib.write_json(paths.records(name) / f"{job_id}.0.json",
+    statelib.write_json(paths.job_record(name, job_id, 0),
                         {"job_id": job_id, "stage": name, "restarts": 0, "start": now, "end": now, "exit_code": 0,
                          "reason": None, "cached_from": source.model_dump()})
     with store.update() as state:

@@ -33,10 +33,6 @@ GRACE_S = 60  # time the program gets to checkpoint before the requeue
 REQUEUING = threading.Event()  # this wrapper asked Slurm to requeue its job: the exit that follows is no failure
 
 
-def record_path(paths: RunPaths, stage: str, job_id: str, restarts: int) -> Path:
-    return paths.records(stage) / f"{job_id.replace('/', '_')}.{restarts}.json"
-
-
 def write_record(path: Path, record: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, json.dumps(record, sort_keys=True))
@@ -57,10 +53,10 @@ class JobEnv:
 
 def execute(run_dir: Path, stage: str, job_id: str, job: JobEnv = JobEnv()) -> int:
     paths = RunPaths(run_dir)
-    plan = json.loads(paths.plan.read_text(encoding="utf-8"))
+    plan = paths.plan_json()
     spec = next(s for s in plan["stages"] if s["name"] == stage)
     restarts = job.restarts
-    rec_path = record_path(paths, stage, job_id, restarts)
+    rec_path = paths.job_record(stage, job_id, restarts)
     record: dict[str, Any] = {"job_id": job_id, "stage": stage, "restarts": restarts, "host": socket.gethostname(),
                               "node": job.node, "nodes": job.nodes,
                               "start": now_iso(), "pid": os.getpid()}
@@ -183,7 +179,7 @@ class SignalForwarder:
 
 
 def _missing_outputs(plan: dict[str, Any], paths: RunPaths, outputs: list[str]) -> list[str]:
-    workdir = Path(plan["workdir"]) if plan["workdir"] else paths.workdir_default
+    workdir = paths.workdir(plan["workdir"])
     return [out for out in outputs if not (workdir / out).exists()]
 
 

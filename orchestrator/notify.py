@@ -45,7 +45,7 @@ def settings(paths: RunPaths) -> tuple[Notify, SecretRef] | None:
     if not section:
         return None
     try:
-        plan = json.loads(paths.plan.read_text(encoding="utf-8"))
+        plan = paths.plan_json()
         config = Notify.model_validate(section)
         return config, SecretRef.model_validate(plan["secrets"][config.webhook])
     except (OSError, ValueError, KeyError):
@@ -133,8 +133,7 @@ def run_outcome(paths: RunPaths) -> bool | None:
 
 
 def _last_record(paths: RunPaths, stage: str, job_id: str) -> dict[str, Any] | None:
-    records = sorted(paths.records(stage).glob(f"{job_id.replace('/', '_')}.*.json"),
-                     key=lambda p: int(p.stem.rsplit(".", 1)[-1]))
+    records = paths.job_records(stage, job_id)
     try:
         return json.loads(records[-1].read_text(encoding="utf-8")) if records else None
     except (OSError, ValueError):
@@ -145,7 +144,7 @@ def _first_to_tell(paths: RunPaths) -> bool:
     """Two branches ending together both see the run ended: an O_EXCL marker per set of attempts lets one tell."""
     state = json.loads(paths.state.read_text(encoding="utf-8"))
     jobs = " ".join(st["attempts"][-1]["job_id"] for st in state["stages"].values())
-    marker = paths.root / "records" / f".run-ended.{hashlib.sha256(jobs.encode()).hexdigest()[:16]}"
+    marker = paths.run_ended(hashlib.sha256(jobs.encode()).hexdigest()[:16])
     try:
         os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
         return True

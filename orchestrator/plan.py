@@ -16,7 +16,7 @@ from typing import Any
 
 import jinja2
 
-from orchestrator import dag, families, fingerprint
+from orchestrator import dag, families, fingerprint, layout, sbatch
 from orchestrator.container import flags as container_flags
 from orchestrator.errors import RenderError
 from orchestrator.spec import ClusterProfile, Resources, SecretRef, Spec
@@ -98,18 +98,7 @@ def load_saved(plan_json: dict[str, Any], scripts_dir: Path) -> Plan:
 
 
 def resource_flags(res: Resources) -> list[str]:
-    flags = []
-    for key, value in res.flag_values(("nodes", "ntasks_per_node", "cpus_per_task", "gpus_per_node", "gres", "mem",
-                                       "time", "partition", "constraint", "account", "qos")):
-        flags.append(f"--{key.replace('_', '-')}={value}")
-    if res.exclusive:
-        flags.append("--exclusive")
-    for key, value in sorted(res.sbatch.items()):
-        if value is True:
-            flags.append(f"--{key}")
-        elif value is not False:
-            flags.append(f"--{key}={value}")
-    return flags
+    return sbatch.flags(res)
 
 
 def shell_quote(value: Any) -> str:
@@ -163,6 +152,7 @@ def build(spec: Spec, variant: dict[str, dict[str, Any]] | None = None) -> Plan:
             "cluster": spec.cluster, "workdir": pipeline.workdir, "venv": pipeline.venv,
             "container": container_flags(pipeline.container_of(stage)), "variant": (variant or {}).get(name),
             "env": {**spec.cluster.env, **pipeline.env, **stage.env}, "spec_dir": str(spec.source.path.parent.resolve()),
+            "paths": layout.script_paths(),  # run-dir paths as $PIPELINE_RUN_DIR/...: the script stays run-independent
             **family.context(settings),
         }
         script = render(kind.template, context)

@@ -72,8 +72,8 @@ def _write_version(store: Store, spec: Spec, new: Plan, version: int) -> None:
     archive = paths.plan_version(version - 1)
     archive.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(paths.plan, archive)
-    scripts = paths.root / "scripts"
-    shutil.copytree(scripts, archive.parent / f"scripts.{version - 1}", dirs_exist_ok=True)
+    scripts = paths.scripts
+    shutil.copytree(scripts, paths.scripts_version(version - 1), dirs_exist_ok=True)
     statelib.atomic_write(paths.spec_version(version), overrides.effective_text(spec.source))
     for stage in new.stages:
         statelib.atomic_write(paths.script(stage.name), stage.script, mode=0o755)

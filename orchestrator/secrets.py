@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from orchestrator.errors import PipelineError
+from orchestrator.layout import RunPaths
 from orchestrator.spec import SecretRef
 
 # Variables never passed to sbatch/the local driver from the submitter's environment: Slurm stores a
@@ -47,7 +48,7 @@ def job_env(run_dir: Path, env: Mapping[str, str]) -> dict[str, str]:
     """The environment a backend may hand to the jobs of run_dir: scrubbed of secret-looking names and of
     every name the run's secrets reference (read from its plan.json, which holds references, never values)."""
     try:
-        saved = json.loads((run_dir / "plan.json").read_text(encoding="utf-8")).get("secrets", {})
+        saved = RunPaths(run_dir).plan_json().get("secrets", {})
         refs = {name: SecretRef.model_validate(ref) for name, ref in saved.items()}
     except FileNotFoundError:
         refs = {}

@@ -84,12 +84,6 @@ class Resources(Strict):
                     raise ValueError(f"--{key}: {exc}") from None
         return value
 
-    def flag_values(self, keys: tuple[str, ...]) -> list[tuple[str, object]]:
-        """(field, value) for the set ones among keys; gpus_per_node 0 (a CPU stage on a GPU profile) means no
-        GPU request at all rather than `--gpus-per-node=0`, which some Slurm versions reject."""
-        values = [(key, getattr(self, key)) for key in keys]
-        return [(k, v) for k, v in values if v is not None and not (k == "gpus_per_node" and v == 0)]
-
     def over(self, base: Resources) -> Resources:
         """These resources with unset fields taken from base."""
         merged = {k: v for k, v in base.model_dump().items()}

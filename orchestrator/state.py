@@ -1,4 +1,4 @@
-"""The run directory and its state file. Nothing else in the code base assembles run paths or writes state.
+"""The run directory's state file. Nothing else in the code base writes state; the paths are layout.RunPaths's.
 
 Writes are atomic (temp file + fsync + os.replace) under an flock, so concurrent `pipeline` processes
 (status on one node, rerun on another) never corrupt the file or lose each other's updates.
@@ -19,12 +19,16 @@ import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator.errors import StateError
+from orchestrator.layout import RunPaths as RunPaths  # re-exported: callers import it from here too
 from orchestrator.states import JobState
+
+if TYPE_CHECKING:
+    from orchestrator.plan import Plan
 
 SCHEMA_VERSION = 1
 LOCK_TIMEOUT_S = 60.0
@@ -96,83 +100,6 @@ class RunState(BaseModel):
     spec_overrides: list[str] = Field(default_factory=list)  # ... and the --set overrides it was loaded with
 
 
-class RunPaths:
-    """Every path inside one run directory."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    @property
-    def state(self) -> Path:
-        return self.root / "state.json"
-
-    @property
-    def lock(self) -> Path:
-        return self.root / ".state.lock"
-
-    @property
-    def run_lock(self) -> Path:
-        """Held by submit, resume, rerun and cancel from their first state check to their last state write."""
-        return self.root / ".run.lock"
-
-    @property
-    def spec_copy(self) -> Path:
-        return self.root / "spec.yaml"
-
-    @property
-    def plan(self) -> Path:
-        return self.root / "plan.json"
-
-    def spec_version(self, version: int) -> Path:
-        """The spec a version of the run was planned from: spec.yaml first, then spec.<n>.yaml per `rerun --spec`."""
-        return self.spec_copy if version <= 1 else self.root / f"spec.{version}.yaml"
-
-    def plan_version(self, version: int) -> Path:
-        """The plan of an older spec version, kept when `rerun --spec` replaces plan.json and scripts/."""
-        return self.root / "plans" / f"plan.{version}.json"
-
-    def workdir(self, configured: str | None) -> Path:
-        """Where the stages' outputs live: the pipeline's `workdir:`, else <run dir>/work."""
-        return Path(configured) if configured else self.workdir_default
-
-    def manifest(self, stage: str, job_id: str) -> Path:
-        """Written by the job wrapper when the stage completed with its outputs: what they were (cache.py)."""
-        return self.records(stage) / "manifests" / f"{job_id.replace('/', '_')}.json"  # apart from job records
-
-    @property
-    def submitit(self) -> Path:
-        return self.root / "submitit"
-
-    @property
-    def local(self) -> Path:
-        return self.root / "local"
-
-    @property
-    def workdir_default(self) -> Path:
-        return self.root / "work"
-
-    def script(self, stage: str) -> Path:
-        return self.root / "scripts" / f"{stage}.sh"
-
-    def log(self, stage: str, job_id: str) -> Path:
-        return self.root / "logs" / f"{stage}.{job_id.replace('/', '_')}.log"
-
-    def records(self, stage: str) -> Path:
-        return self.root / "records" / stage
-
-    def progress(self, stage: str) -> Path:
-        """Written by the stage program itself (e.g. finetune's step and loss); advisory, shown by status."""
-        return self.records(stage) / "progress.json"
-
-    def metrics(self, stage: str, job_id: str) -> Path:
-        """The attempt's metrics history (JSONL, appended by the stage program, bounded in size; read by report)."""
-        return self.records(stage) / f"metrics.{job_id.replace('/', '_')}.jsonl"
-
-    def make_dirs(self) -> None:
-        for sub in ("scripts", "logs", "records", "submitit"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
-
-
 def atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     with open(tmp, "w", encoding="utf-8") as handle:
@@ -226,6 +153,12 @@ class Store:
             return RunState.model_validate(data)
         except ValidationError as exc:
             raise StateError(f"{self.paths.state} is malformed: {exc.errors()[0]['msg']}") from None
+
+    def read_plan(self) -> Plan:
+        """The plan as submitted (plan.json + scripts/). plan comes late: the job wrapper never needs jinja2."""
+        from orchestrator import plan
+
+        return plan.load_saved(self.paths.plan_json(), self.paths.scripts)
 
     def write(self, state: RunState) -> None:
         atomic_write(self.paths.state, state.model_dump_json(indent=2))
@@ -344,7 +277,7 @@ def find_run(ref: str | None) -> Path:
             raise StateError("no runs yet", "submit one with `pipeline submit FILE.yaml`")
         return runs[-1]
     as_path = Path(ref)
-    if (as_path / "state.json").is_file():
+    if RunPaths(as_path).state.is_file():
         return as_path
     if not RUN_ID_RE.match(ref):
         raise StateError(f"{ref!r} is neither a run directory nor a run id")
@@ -360,7 +293,7 @@ def list_runs() -> list[Path]:
         return []
     entries = sorted(index_dir().iterdir(), key=lambda p: (p.stat().st_mtime, p.name))
     dirs = [Path(e.read_text(encoding="utf-8").strip()) for e in entries if RUN_ID_RE.match(e.name)]
-    return [d for d in dirs if (d / "state.json").is_file()]
+    return [d for d in dirs if RunPaths(d).state.is_file()]
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -8,17 +8,27 @@ Snakemake-Profiles/slurm#81). Asking both lets status say when they disagree (is
 
 from __future__ import annotations
 
-import json
 import signal
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import SchedulerError, StateError
-from orchestrator.jobfiles import links_of
-from orchestrator.scheduler import AccountingUnavailable, JobInfo, Scheduler
-from orchestrator.scheduler.slurm import CONTROLLER_DOWN, DISAGREEMENT, NODE_PROBLEM
+from orchestrator.errors import SchedulerError
+from orchestrator.jobfiles import latest_record as latest_record  # re-exported: status.X callers
+from orchestrator.jobfiles import progress as progress
+from orchestrator.jobfiles import progress_note as progress_note
+from orchestrator.jobfiles import tracking_link as tracking_link
+from orchestrator.scheduler import (
+    CONTROLLER_DOWN,
+    DEPENDENCY_FAILED,
+    DISAGREEMENT,
+    NODE_PROBLEM,
+    AccountingUnavailable,
+    JobInfo,
+    Scheduler,
+    query_group,
+)
 from orchestrator.spec import ClusterProfile
 from orchestrator.state import Attempt, RunPaths, RunState, Store
 from orchestrator.states import JobState
@@ -32,7 +42,7 @@ class RunView:
 
 
 def _cluster_of(run_dir: Path) -> ClusterProfile:
-    plan = json.loads(RunPaths(run_dir).plan.read_text(encoding="utf-8"))
+    plan = RunPaths(run_dir).plan_json()
     return ClusterProfile.model_validate(plan["cluster"])
 
 
@@ -114,9 +124,7 @@ def _group_key(view: RunView) -> str:
 
 def group_key(state: RunState, run_dir: Path) -> str:
     """Runs whose jobs one scheduler instance can query together."""
-    if state.scheduler != "slurm":
-        return state.scheduler
-    return "slurm:" + _cluster_of(run_dir).accounting
+    return query_group(state.scheduler, run_dir)
 
 
 def _apply(view: RunView, found: dict[str, JobInfo] | None, degraded: bool = False) -> None:
@@ -152,7 +160,6 @@ def _apply(view: RunView, found: dict[str, JobInfo] | None, degraded: bool = Fal
 
 CANCEL_REQUESTED = "cancel requested"
 CANCELLED_BY_US = "cancelled by `pipeline cancel`"
-DEPENDENCY_FAILED = "a dependency failed (cancelled by --kill-on-invalid-dep)"
 CANCELLED_BY_USER = "cancelled by a user (scancel); no dependency had failed"
 
 
@@ -160,7 +167,7 @@ def _merge(attempt: Attempt, info: JobInfo | None, record: dict[str, Any] | None
            degraded: bool = False) -> Attempt:
     new = attempt.model_copy()
     if info is not None:
-        new.state, new.reason = info.state, _reason(info)
+        new.state, new.reason = info.state, None if info.state.ok else info.note  # the backend's words for its code
         new.exit_code = _exit_code(info, record, new.exit_code)
         new.nodes = info.nodes or new.nodes
         new.start, new.end = info.start or new.start, info.end or new.end
@@ -173,8 +180,7 @@ def _merge(attempt: Attempt, info: JobInfo | None, record: dict[str, Any] | None
         if attempt.reason in (CANCEL_REQUESTED, CANCELLED_BY_US):
             new.reason = CANCELLED_BY_US if info.state is JobState.CANCELLED else CANCEL_REQUESTED
         if info.state is JobState.HELD:
-            new.reason = (f"held by Slurm ({info.reason or 'held'}); release it: scontrol release {attempt.job_id} "
-                          "(or pipeline submit --resume RUN)")
+            new.reason = info.note  # how to release it, which beats a cancel we asked for and did not happen
         new.reason = _joined(new.reason, *(info.extra.get(k) for k in (NODE_PROBLEM, DISAGREEMENT)))
         if DISAGREEMENT in info.extra:
             new.reason = f"{DISPUTED}: {new.reason}"
@@ -240,10 +246,6 @@ def _signal_name(code: int | None) -> str | None:
         return None
 
 
-STALE_PENDING_REASONS = frozenset({None, "", "Dependency", "JobHeldUser", "JobHeldAdmin", "Priority", "Resources",
-                                   "BeginTime", "None"})
-
-
 def _explain_cancel(state: RunState, name: str) -> None:
     """Who cancelled a job? Slurm keeps a cancelled job's last pending reason (Dependency, and sometimes still the
     JobHeldUser of our held submit in accounting) whoever cancelled it. A failed parent (or Slurm's own
@@ -255,62 +257,8 @@ def _explain_cancel(state: RunState, name: str) -> None:
     parents = [state.stages[p].state for p in state.stages[name].after if p in state.stages]
     if any(p.terminal and not p.ok for p in parents):
         current.reason = DEPENDENCY_FAILED
-    elif current.reason == DEPENDENCY_FAILED or current.reason in STALE_PENDING_REASONS:
+    elif current.reason in (None, "", DEPENDENCY_FAILED):  # the backend's note says no more (stale codes dropped)
         current.reason = CANCELLED_BY_USER
-
-
-def _reason(info: JobInfo) -> str | None:
-    """Slurm keeps a job's last pending reason after it ends; show it only where it still explains something."""
-    if info.state.ok or info.state is JobState.RUNNING:
-        return None  # a running job's Reason is the last pending one (e.g. BeginTime): stale, not news
-    if info.state is JobState.CANCELLED and info.reason in ("Dependency", "DependencyNeverSatisfied"):
-        return DEPENDENCY_FAILED
-    if info.state is JobState.PENDING and info.reason == "Dependency":
-        return "waiting for its dependencies"
-    if info.state is JobState.PENDING and info.reason == "BeginTime":
-        return "requeued (node failure or preemption); Slurm holds it briefly before it runs again"
-    return info.reason
-
-
-def latest_record(paths: RunPaths, stage: str, job_id: str) -> dict[str, Any] | None:
-    folder = paths.records(stage)
-    safe = job_id.replace("/", "_")
-    candidates = sorted(folder.glob(f"{safe}.*.json"), key=lambda p: int(p.stem.rsplit(".", 1)[-1]))
-    if not candidates:
-        return None
-    try:
-        data: dict[str, Any] = json.loads(candidates[-1].read_text(encoding="utf-8"))
-        return data
-    except (OSError, ValueError):
-        raise StateError(f"{candidates[-1]} is unreadable") from None
-
-
-def progress(paths: RunPaths, stage: str, attempt: Attempt | None) -> dict[str, Any] | None:
-    """What the current attempt's program last said of its progress, or None. Advisory: a missing, torn or
-    older attempt's file never fails status (the program writes it, not the scheduler)."""
-    if attempt is None:
-        return None
-    try:
-        data = json.loads(paths.progress(stage).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and data.get("job_id") == attempt.job_id else None
-
-
-def tracking_link(paths: RunPaths, stage: str, attempt: Attempt | None) -> str | None:
-    """Where the experiment tracker shows this attempt (stages/tracking.py notes it in the metrics history)."""
-    return links_of(paths, stage, attempt.job_id).get(stage) if attempt else None
-
-
-def progress_note(data: dict[str, Any] | None) -> str:
-    if not data or "step" not in data:
-        return ""
-    parts = [f"step {data['step']}" + (f"/{data['steps']}" if data.get("steps") else "")]
-    if isinstance(data.get("loss"), (int, float)):
-        parts.append(f"loss {data['loss']:.4g}")
-    if isinstance(data.get("tokens_per_s"), (int, float)):
-        parts.append(f"{data['tokens_per_s']:,.0f} tok/s")
-    return " ".join(parts)
 
 
 def parse_time(value: str | None) -> datetime | None:

@@ -59,13 +59,13 @@ def generation_lines(report: Any) -> list[str]:
 
 def summary(run_dir: Path) -> str:
     state = Store(run_dir).read()
-    work = Path(state.workdir) if state.workdir else RunPaths(run_dir).workdir_default
+    work = RunPaths(run_dir).workdir(state.workdir)
     reports = work / "reports"
     lines = [f"=== summary of run {state.run_id} ({state.pipeline})"]
     lines += verdict_lines(_read(reports / "evaluate.json"))
     lines += generation_lines(_read(reports / "inference.json"))
     lines.append(f"merged model: {work / 'merged'}")
-    lines.append(f"reports:      {reports}/ (evaluate.json, inference.json); logs: {run_dir / 'logs'}")
+    lines.append(f"reports:      {reports}/ (evaluate.json, inference.json); logs: {RunPaths(run_dir).logs}")
     return "\n".join(lines)
 
 

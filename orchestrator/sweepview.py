@@ -3,11 +3,11 @@ side with the best marked (lowest tuned held-out loss, the number stages/evaluat
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from orchestrator.scheduler import short_id
 from orchestrator.state import RunPaths, RunState
 from orchestrator.sweep import SEP
 
@@ -30,7 +30,7 @@ def in_matrix(stage: str) -> bool:
 
 def of_run(run_dir: Path) -> Sweep | None:
     try:
-        plan = json.loads(RunPaths(run_dir).plan.read_text(encoding="utf-8"))
+        plan = RunPaths(run_dir).plan_json()
     except (OSError, ValueError):
         return None
     if not plan.get("variants"):
@@ -87,7 +87,7 @@ def lines(run_dir: Path, state: RunState) -> list[str]:
         cells = []
         for base, col in zip(sweep.bases, cols):
             stage = state.stages.get(sweep.cells.get((name, base), ""))
-            job = stage.current.job_id.rsplit("/", 1)[-1] if stage and stage.current else ""
+            job = short_id(stage.current.job_id) if stage and stage.current else ""
             cells.append(f"{(stage.state.value if stage else '') + ' ' + job:<{col}} ")
         values = ", ".join(f"{k}={v}" for k, v in variant["values"].items())
         out.append(f"  {name:<{width}} " + "".join(cells) + values)

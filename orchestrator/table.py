@@ -4,6 +4,7 @@ what to look at next), one line a run."""
 from __future__ import annotations
 
 from orchestrator import status, sweepview
+from orchestrator.scheduler import short_id
 from orchestrator.state import RunPaths, StageState
 from orchestrator.states import JobState
 
@@ -23,7 +24,7 @@ def run_table(view: status.RunView) -> str:
             lines.append(f"  {name:<16} {stage.state.value:<14}")
             continue
         exit_code = "" if cur.exit_code is None else str(cur.exit_code)
-        lines.append(f"  {name:<16} {stage.state.value:<14} {cur.job_id.rsplit('/', 1)[-1]:<10} {cur.nodes or '':<14} "
+        lines.append(f"  {name:<16} {stage.state.value:<14} {short_id(cur.job_id):<10} {cur.nodes or '':<14} "
                      f"{status.elapsed(cur):>9} {exit_code:>4}  {stage_note(view, name, stage)}")
     return "\n".join(lines + matrix)
 

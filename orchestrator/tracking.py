@@ -7,8 +7,6 @@ wrapper resolves it at run time like any secret (offline mode itself needs none)
 
 from __future__ import annotations
 
-import json
-
 from orchestrator.notify import spec_section
 from orchestrator.spec import Tracking
 from orchestrator.state import RunPaths
@@ -23,9 +21,9 @@ def job_env(paths: RunPaths) -> dict[str, str]:
     except ValueError:
         return {}
     if config.backend == "tensorboard":
-        return {"PIPELINE_TRACKING": "tensorboard", "PIPELINE_TENSORBOARD_DIR": str(paths.root / "tensorboard")}
+        return {"PIPELINE_TRACKING": "tensorboard", "PIPELINE_TENSORBOARD_DIR": str(paths.tensorboard)}
     if config.backend == "wandb":
-        env = {"PIPELINE_TRACKING": "wandb", "PIPELINE_WANDB_DIR": str(paths.root / "wandb"), "WANDB_MODE": "offline",
+        env = {"PIPELINE_TRACKING": "wandb", "PIPELINE_WANDB_DIR": str(paths.wandb), "WANDB_MODE": "offline",
                "WANDB_PROJECT": config.project or _pipeline(paths)}
         return env | ({"WANDB_ENTITY": config.entity} if config.entity else {})
     if config.backend != "mlflow" or not config.uri:
@@ -36,4 +34,4 @@ def job_env(paths: RunPaths) -> dict[str, str]:
 
 
 def _pipeline(paths: RunPaths) -> str:
-    return str(json.loads(paths.plan.read_text(encoding="utf-8"))["pipeline"])
+    return str(paths.plan_json()["pipeline"])

@@ -5,7 +5,6 @@ builds the parser from them, forwards to a remote head node when asked, and maps
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeAlias
@@ -13,7 +12,7 @@ from typing import TypeAlias
 from orchestrator import cache, plan
 from orchestrator import state as statelib
 from orchestrator.scheduler import Scheduler, for_cluster
-from orchestrator.state import RunPaths, Store
+from orchestrator.state import Store
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"  # argparse's own name for it
 
@@ -29,9 +28,9 @@ def add_verb(sub: Subparsers, name: str, run: Run, help_text: str) -> argparse.A
 def load_run(ref: str | None) -> tuple[Store, plan.Plan, Scheduler]:
     """The run `ref` (id, directory, or the latest run), its saved plan and its scheduler."""
     run_dir = statelib.find_run(ref)
-    paths = RunPaths(run_dir)
-    saved = plan.load_saved(json.loads(paths.plan.read_text(encoding="utf-8")), paths.root / "scripts")
-    return Store(run_dir), saved, for_cluster(saved.cluster, run_dir)
+    store = Store(run_dir)
+    saved = store.read_plan()
+    return store, saved, for_cluster(saved.cluster, run_dir)
 
 
 def add_set_flag(parser: argparse.ArgumentParser) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from orchestrator import cache, plan
 from orchestrator import state as statelib
 from orchestrator.commands import Subparsers, add_cache_flags, add_set_flag, add_verb, cache_options
+from orchestrator.layout import RunPaths
 
 
 def add_parser(sub: Subparsers) -> None:
@@ -49,4 +50,4 @@ def write(built: plan.Plan, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for stage in built.stages:
         statelib.atomic_write(out / f"{stage.name}.sh", stage.script, mode=0o755)
-    statelib.write_json(out / "plan.json", built.to_json())
+    statelib.write_json(RunPaths(out).plan, built.to_json())  # named as in a run directory

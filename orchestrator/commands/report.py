@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
     from orchestrator import report  # late: only this verb needs the report code
 
     run_dir = statelib.find_run(args.run)
-    page, png = report.write(run_dir, Path(args.out) if args.out else RunPaths(run_dir).root / "report")
+    page, png = report.write(run_dir, Path(args.out) if args.out else RunPaths(run_dir).report)
     print(f"{page}\n{png}")
     if args.open:
         import webbrowser

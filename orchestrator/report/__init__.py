@@ -8,7 +8,6 @@ history, work/reports/*.json) plus, on Slurm, one batched sacct call for what ea
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -28,7 +27,7 @@ INSTALL_HINT = "install the report extra: .venv/bin/pip install -e '.[report]' (
 def collect(run_dir: Path) -> Report:
     view = status.refresh([run_dir])[0]
     paths = RunPaths(run_dir)
-    plan = json.loads(paths.plan.read_text(encoding="utf-8"))
+    plan = paths.plan_json()
     st = view.state
     rep = Report(st.run_id, st.pipeline, st.cluster, st.scheduler, run_dir,
                  {n: s.state.value for n, s in st.stages.items()})
@@ -40,7 +39,7 @@ def collect(run_dir: Path) -> Report:
             rep.spans.extend(spans_of(name, attempt, job_records(paths, name, attempt.job_id), now))
             rep.curves.extend(curves_of(paths, name, attempt.job_id))
             rep.links.update(links_of(paths, name, attempt.job_id))
-    workdir = Path(plan["workdir"]) if plan.get("workdir") else paths.workdir_default
+    workdir = paths.workdir(plan.get("workdir"))
     rep.evals = evaluations(workdir / "reports")
     rep.usage = resource_table(rep, plan, st.stages, paths)
     return rep

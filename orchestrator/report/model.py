@@ -10,6 +10,7 @@ from typing import Any
 
 from orchestrator import status
 from orchestrator.jobfiles import metric_rows
+from orchestrator.scheduler import short_id
 from orchestrator.state import Attempt, RunPaths
 from orchestrator.states import JobState
 
@@ -94,7 +95,7 @@ def curves_of(paths: RunPaths, stage: str, job_id: str) -> list[Curve]:
     for row in metric_rows(paths, stage, job_id):
         if isinstance(row.get("step"), int) and isinstance(row.get("loss"), (int, float)):
             by_restart.setdefault(int(row.get("restart", 0)), []).append(row)
-    short = job_id.rsplit("/", 1)[-1]
+    short = short_id(job_id)
     return [Curve(stage, f"{stage} job {short}" + (f" restart {r}" if r else ""), [x["step"] for x in rows],
                   [float(x["loss"]) for x in rows], [x.get("lr") for x in rows])
             for r, rows in sorted(by_restart.items())]

@@ -1,4 +1,5 @@
-"""In-memory backend for unit tests: records every call, lets tests script each job's state."""
+"""In-memory backend for unit tests: records every call, lets tests script each job's state. It stands in for Slurm:
+scripted jobs carry Slurm's reason codes (Dependency, JobHeldUser), explained as the Slurm backend explains them."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from orchestrator.errors import SchedulerError
-from orchestrator.scheduler import ArrayRequest, JobInfo, SubmitRequest
+from orchestrator.scheduler.slurm_reasons import explained
+from orchestrator.scheduler.types import ArrayRequest, JobInfo, SubmitRequest
 from orchestrator.states import JobState
 
 
@@ -75,7 +77,7 @@ class FakeScheduler:
         self.query_calls += 1
         if self.fail_query:
             raise SchedulerError("fake sacct failure")
-        return {j: self.jobs[j] for j in job_ids if j in self.jobs}
+        return {j: explained(self.jobs[j], j) for j in job_ids if j in self.jobs}  # its jobs speak Slurm's reasons
 
     def cancel(self, job_ids: Sequence[str]) -> None:
         for job_id in job_ids:

@@ -19,7 +19,7 @@ from typing import Any
 
 from orchestrator import state as statelib
 from orchestrator.errors import SchedulerError
-from orchestrator.scheduler import DEFAULT_MAX_ARRAY_SIZE, ArrayRequest, JobInfo, SubmitRequest
+from orchestrator.scheduler.types import DEFAULT_MAX_ARRAY_SIZE, ArrayRequest, JobInfo, SubmitRequest
 from orchestrator.secrets import job_env
 from orchestrator.states import JobState
 
@@ -31,12 +31,18 @@ def split_id(job_id: str) -> tuple[str, str]:
     return run_id, number
 
 
+def short_id(job_id: str) -> str:
+    """<n> of a local id (<run id>/<n>); any other backend's id as it is."""
+    run_id, sep, number = job_id.rpartition("/")
+    return number if sep and number.isdigit() else job_id
+
+
 class LocalJobs:
     """The job table of one run directory."""
 
     def __init__(self, run_dir: Path) -> None:
-        self.dir = run_dir / "local" / "jobs"
-        self.lock = run_dir / "local" / "jobs.lock"
+        self.dir = statelib.RunPaths(run_dir).local_jobs
+        self.lock = statelib.RunPaths(run_dir).local_jobs_lock
 
     @contextmanager
     def locked(self) -> Iterator[None]:
@@ -171,9 +177,10 @@ def _job_id(run_dir: Path, number: str) -> str:
 
 
 def _info(job: dict[str, Any]) -> JobInfo:
+    reason = job.get("reason") or ("held" if job.get("held") else None)  # the driver writes its reasons in words
     return JobInfo(state=JobState(job["state"]), exit_code=job.get("exit_code"), nodes=job.get("node"),
-                   start=job.get("start"), end=job.get("end"),
-                   reason=job.get("reason") or ("held" if job.get("held") else None))
+                   start=job.get("start"), end=job.get("end"), reason=reason,
+                   note=reason)
 
 
 def kill_group(pgid: int) -> None:
@@ -185,7 +192,7 @@ def kill_group(pgid: int) -> None:
 
 def start_driver(run_dir: Path) -> None:
     """Start a detached driver for run_dir; a second driver waits for the first's lock, then finds no work."""
-    log = open(run_dir / "local" / "driver.log", "ab")
+    log = open(statelib.RunPaths(run_dir).driver_log, "ab")
     try:
         subprocess.Popen([sys.executable, "-m", "orchestrator.scheduler.localdriver", str(run_dir)],
                          stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,

@@ -13,6 +13,7 @@ from typing import Any
 
 from orchestrator import state as statelib
 from orchestrator.scheduler.local import LocalJobs, kill_group, split_id
+from orchestrator.scheduler.types import DEPENDENCY_FAILED
 from orchestrator.states import JobState
 
 POLL_S = 0.2
@@ -21,7 +22,7 @@ POLL_S = 0.2
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     run_dir = Path(args[0])
-    lock_fd = os.open(run_dir / "local" / "driver.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    lock_fd = os.open(statelib.RunPaths(run_dir).driver_lock, os.O_RDWR | os.O_CREAT, 0o644)
     fcntl.flock(lock_fd, fcntl.LOCK_EX)  # one driver per run; a later one waits, then finds no work
     jobs = LocalJobs(run_dir)
     while True:
@@ -48,7 +49,7 @@ def _next_ready(jobs: LocalJobs) -> str | None:
             parents = [_state_of(jobs, p) for p in job["after"]]
             if any(s.terminal and not s.ok or s is JobState.UNKNOWN for s in parents):
                 # Same semantics as sbatch --kill-on-invalid-dep=yes: never wait forever.
-                job.update(state="CANCELLED", reason="DependencyNeverSatisfied", end=statelib.now_iso())
+                job.update(state="CANCELLED", reason=DEPENDENCY_FAILED, end=statelib.now_iso())
                 jobs.write(number, job)
                 continue
             if all(s.ok for s in parents):

@@ -17,19 +17,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator import proc
+from orchestrator import proc, sbatch
 from orchestrator.errors import CommandError, SchedulerError
-from orchestrator.scheduler import (
+from orchestrator.scheduler.slurm_job import run_stage
+from orchestrator.scheduler.slurm_reasons import explained
+from orchestrator.scheduler.types import (
+    ACCOUNTED_AS,
+    CONTROLLER_DOWN,
     DEFAULT_MAX_ARRAY_SIZE,
+    DISAGREEMENT,
+    NODE_PROBLEM,
     AccountingUnavailable,
     ArrayRequest,
     JobInfo,
     SubmitRequest,
 )
-from orchestrator.scheduler.slurm_job import run_stage
 from orchestrator.secrets import job_env
 from orchestrator.spec import ClusterProfile
-from orchestrator.state import faultpoint
+from orchestrator.state import RunPaths, faultpoint
 from orchestrator.states import JobState, from_slurm, is_held
 
 # Restarts is not a sacct field on 22.05; the restart count comes from the job-written records.
@@ -45,6 +50,12 @@ REQUEUABLE = frozenset({JobState.NODE_FAIL, JobState.PREEMPTED})
 def job_name(run_id: str, stage: str) -> str:
     """The tag that lets orphans be found by name (squeue/sacct --name) after any crash."""
     return f"{run_id}.{stage}"
+
+
+# Options submitit takes as executor parameters (submitit 1.5.4 slurm.py _make_sbatch_string); the rest of the
+# resource flags go in additional_parameters. Both end up as `#SBATCH --<name>=<value>` lines.
+SUBMITIT_NATIVE = frozenset({"nodes", "ntasks-per-node", "cpus-per-task", "gpus-per-node", "gres", "mem", "partition",
+                             "constraint", "account", "qos", "exclusive"})
 
 
 class SlurmScheduler:
@@ -93,7 +104,7 @@ class SlurmScheduler:
         return self._max_array
 
     def _executor_for(self, run_dir: Path, stage: str) -> Any:
-        executor = _executor(run_dir / "submitit" / "%j", self.cluster.python or sys.executable, stage)
+        executor = _executor(RunPaths(run_dir).submitit / "%j", self.cluster.python or sys.executable, stage)
         # submitit spaces sbatch calls 0.2 s apart for large sweeps; a chain is a handful of jobs and the
         # submit-in-one-second target matters more (peers.md section 8, "Throughput and latency").
         executor._throttling = 0.0
@@ -115,23 +126,20 @@ class SlurmScheduler:
         return jobs
 
     def _parameters(self, request: SubmitRequest) -> dict[str, object]:
+        """submitit's executor parameters; every resource flag comes from sbatch.options."""
         res = request.resources
         extra: dict[str, object] = {"kill-on-invalid-dep": "yes", "comment": f"pipeline:{request.run_id}:{request.stage}"}
         if request.hold:
             extra["hold"] = True
-        if res.time:
-            extra["time"] = res.time
         if request.retries:
             extra["requeue"] = True
-        extra.update(res.sbatch)
         params: dict[str, object] = {
             "job_name": job_name(request.run_id, request.stage), "use_srun": False, "stderr_to_stdout": True,
-            "time": None, "nodes": res.nodes or 1, "additional_parameters": extra, "signal_delay_s": 120,
+            "time": None, "nodes": 1, "additional_parameters": extra, "signal_delay_s": 120,
         }
-        params.update(res.flag_values(("ntasks_per_node", "cpus_per_task", "gpus_per_node", "gres", "mem",
-                                       "partition", "constraint", "account", "qos")))
-        if res.exclusive:
-            params["exclusive"] = True
+        for key, value in sbatch.options(res):  # the flags `pipeline render` shows, as submitit takes them
+            native = key in SUBMITIT_NATIVE and key not in res.sbatch
+            (params if native else extra)[key.replace("-", "_") if native else key] = value
         if request.after:
             params["dependency"] = "afterok:" + ":".join(request.after)
         return params
@@ -165,7 +173,7 @@ class SlurmScheduler:
         move it where the job looks."""
         import submitit
 
-        folder = run_dir / "submitit"
+        folder = RunPaths(run_dir).submitit
         paths = submitit.core.utils.JobPaths(folder / "%j", job_id=job_id)
         if paths.submitted_pickle.exists():
             return True, None
@@ -197,6 +205,15 @@ class SlurmScheduler:
         return {stage: sorted(ids, key=int) for stage, ids in found.items()}
 
     def query(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
+        """Each job's state, with a note saying what its Slurm reason means (slurm_reasons.py)."""
+        try:
+            found = self._query(job_ids)
+        except AccountingUnavailable as exc:
+            exc.found = {j: explained(i, j) for j, i in exc.found.items()}
+            raise
+        return {j: explained(i, j) for j, i in found.items()}
+
+    def _query(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
         """One sacct call for every id; squeue when the cluster has no accounting (torchx PR #1070)."""
         if not job_ids:
             return {}
@@ -370,12 +387,8 @@ def parse_squeue(text: str) -> dict[str, JobInfo]:
     return result
 
 
-DISAGREEMENT = "disagreement"  # JobInfo.extra key: accounting and the controller tell different stories
-NODE_PROBLEM = "node_problem"  # JobInfo.extra key: the drained/down node the job is on or waits for
-CONTROLLER_DOWN = "controller_down"  # JobInfo.extra key: squeue failed; this answer is accounting's alone
 BAD_NODE_STATES = ("drain", "down", "fail", "maint", "not_responding")  # not "unknown": every node is, briefly,
 # right after a controller restart until its slurmd registers again
-ACCOUNTED_AS = "accounted_as"  # JobInfo.extra key of a disputed job: the state accounting gives it
 
 
 def combine(job_ids: Sequence[str], accounted: dict[str, JobInfo], live: dict[str, JobInfo]) -> dict[str, JobInfo]:
@@ -538,3 +551,9 @@ def _exit(code: str, sig: str) -> int | None:
 
 def _time(value: str) -> str | None:
     return None if value in ("", "Unknown", "None", "N/A") else value
+
+
+def query_group(run_dir: Path) -> str:
+    """Runs on one cluster's accounting are queried together: one sacct call for all of them."""
+    cluster = ClusterProfile.model_validate(RunPaths(run_dir).plan_json()["cluster"])
+    return "slurm:" + cluster.accounting
