@@ -7,7 +7,9 @@ Reports, in one session so the ratio is fair on a noisy machine:
     stage: the shared first stage is one job, each of the six per-variant stages one job array);
   - wall time of `pipeline submit` (interpreter start included; target <= 2 s);
   - makespan (first start -> last end, from sacct) against 64 independent raw 7-job afterok chains submitted by a
-    bash loop of sbatch calls (bench/submit_chain.py raw_chain), as a ratio.
+    bash loop of sbatch calls (bench/submit_chain.py raw_chain), as a ratio;
+  - mean job run time (sacct ElapsedRaw, whole seconds) of ours and of the raw jobs: the difference is what our
+    job wrapper (submitit's entry point + orchestrator/jobside.py) costs per task around the same `sleep 1`.
 Every stage is `sleep 1`; s1 reads the swept value, so s1..s6 run per variant and s0 is shared.
 """
 
@@ -37,6 +39,11 @@ def spec_text(variants: int) -> str:
 def sbatch_rpcs() -> int:
     """Batch-job submissions slurmctld has served (one per sbatch call)."""
     return _count(sh(["sdiag"]), ("REQUEST_SUBMIT_BATCH_JOB",))
+
+
+def mean_elapsed(job_ids: list[str]) -> float:
+    rows = sh(["sacct", "-X", "-n", "-P", "-o", "ElapsedRaw", "-j", ",".join(job_ids)]).split()
+    return sum(int(r) for r in rows) / len(rows)
 
 
 def pipeline_sweep(spec: Path) -> tuple[float, int, list[str]]:
@@ -71,6 +78,8 @@ def main() -> int:
         "raw_sbatch_calls": raw_calls, "raw_jobs": len(raw_ids), "raw_sbatch_loop_s": round(raw_s, 3),
         "pipeline_makespan_s": round(ours, 1), "raw_makespan_s": round(raw, 1),
         "makespan_ratio": round(ours / raw, 3),
+        "pipeline_mean_job_s": round(mean_elapsed(ids), 2), "raw_mean_job_s": round(mean_elapsed(raw_ids), 2),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
     }
     print(json.dumps(report, indent=2))
     return 0
