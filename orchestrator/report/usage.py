@@ -10,7 +10,8 @@ from orchestrator import status
 from orchestrator.errors import PipelineError
 from orchestrator.jobfiles import job_records
 from orchestrator.report.model import Report, StageUse
-from orchestrator.scheduler.slurm import SlurmScheduler, Usage
+from orchestrator.scheduler.slurm import SlurmScheduler
+from orchestrator.scheduler.slurm_parse import Usage
 from orchestrator.spec import ClusterProfile
 from orchestrator.state import Attempt, RunPaths
 
