@@ -8,7 +8,8 @@ import shutil
 
 from orchestrator import cache, dag, manifest, overrides
 from orchestrator import state as statelib
-from orchestrator.apply import refuse_busy, submit_with_cache
+from orchestrator.apply import submit_with_cache
+from orchestrator.rerun_cancel import refuse_busy
 from orchestrator.errors import PipelineError
 from orchestrator.plan import Plan
 from orchestrator.scheduler import Scheduler

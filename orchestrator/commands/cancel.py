@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from orchestrator import apply, status
+from orchestrator import rerun_cancel, status
 from orchestrator.commands import Subparsers, add_verb, load_run
 
 
@@ -18,6 +18,6 @@ def run(args: argparse.Namespace) -> int:
     store, saved, scheduler = load_run(args.run)
     with store.changing():
         status.refresh([store.paths.root])  # what ended meanwhile is not cancelled (nor reported as cancelled)
-        ids = apply.cancel(store, saved, scheduler, args.stage)
+        ids = rerun_cancel.cancel(store, saved, scheduler, args.stage)
     print(f"cancelled {len(ids)} job(s): {' '.join(ids)}" if ids else "nothing to cancel: no queued or running job")
     return 0

@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from orchestrator import apply, cache, live, loader, plan, spec, status
+from orchestrator import cache, live, loader, plan, rerun_cancel, spec, status
 from orchestrator import replan as replan_mod
 from orchestrator.commands import Subparsers, add_cache_flags, add_set_flag, add_verb, cache_options, load_run
 from orchestrator.errors import PipelineError
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     with store.changing():  # a second rerun waits here, then sees the stage active and refuses
         status.refresh([store.paths.root])
         released: list[str] = []
-        submitted = apply.rerun(store, saved, scheduler, args.stage, getattr(args, "from"), released,
+        submitted = rerun_cancel.rerun(store, saved, scheduler, args.stage, getattr(args, "from"), released,
                                 variant=args.variant)
     for line in released:  # holds released on the run's own jobs (issue 13 item 4)
         print(line, file=sys.stderr)

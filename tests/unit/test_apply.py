@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator import apply, loader, plan, status
+from orchestrator import apply, loader, plan, rerun_cancel, status
 from orchestrator.errors import PipelineError, SchedulerError
 from orchestrator.scheduler.fake import FakeScheduler
 from orchestrator.states import JobState
@@ -63,7 +63,7 @@ def test_failure_then_rerun_resubmits_only_failed_and_downstream(run):
     fake.finish(ids["b"], JobState.FAILED, exit_code=1)  # cancels c like --kill-on-invalid-dep
     state = refresh(store, fake)
     assert state.stages["c"].state is JobState.CANCELLED
-    submitted = apply.rerun(store, built, fake)
+    submitted = rerun_cancel.rerun(store, built, fake)
     assert set(submitted) == {"b", "c"}
     new_b = fake.requests[submitted["b"]]
     assert new_b.after == ()  # a is COMPLETED: no dependency on a finished (maybe purged) job
@@ -75,7 +75,7 @@ def test_rerun_refuses_running_stage_and_unknown(run):
     store, built, fake = run
     apply.submit_stages(store, built, fake, {s.name for s in built.stages})
     with pytest.raises(PipelineError, match="still queued or running"):
-        apply.rerun(store, built, fake, stage="b")
+        rerun_cancel.rerun(store, built, fake, stage="b")
     fake.fail_query = True
     view = status.refresh([store.paths.root], {"fake": fake, "local": fake})[0]
     assert view.warning and all(s.state is JobState.UNKNOWN for s in view.state.stages.values())
@@ -89,7 +89,7 @@ def test_unknown_when_scheduler_forgot_and_no_record(run):
     state = refresh(store, fake)
     assert state.stages["a"].state is JobState.UNKNOWN
     with pytest.raises(PipelineError, match="UNKNOWN"):
-        apply.rerun(store, built, fake)
+        rerun_cancel.rerun(store, built, fake)
 
 
 def test_failed_sbatch_midway_leaves_truthful_run_that_rerun_finishes(run):
@@ -101,7 +101,7 @@ def test_failed_sbatch_midway_leaves_truthful_run_that_rerun_finishes(run):
     assert state.stages["c"].state is JobState.NOT_SUBMITTED and state.stages["b"].state is JobState.PENDING
     assert not fake.held  # what was accepted got released
     fake.fail_submit_of = None
-    submitted = apply.rerun(store, built, fake)
+    submitted = rerun_cancel.rerun(store, built, fake)
     assert set(submitted) == {"c"}
     b_job = store.read().stages["b"].current.job_id
     assert fake.requests[submitted["c"]].after == (b_job,)  # depends on the still-active parent
@@ -110,7 +110,7 @@ def test_failed_sbatch_midway_leaves_truthful_run_that_rerun_finishes(run):
 def test_cancel_stage_and_downstream(run):
     store, built, fake = run
     apply.submit_stages(store, built, fake, {s.name for s in built.stages})
-    ids = apply.cancel(store, built, fake, stage="b")
+    ids = rerun_cancel.cancel(store, built, fake, stage="b")
     stage_of = {j: r.stage for j, r in fake.requests.items()}
     assert sorted(stage_of[i] for i in ids) == ["b", "c"]
 
@@ -165,6 +165,6 @@ def test_cancel_stage_cancels_every_live_attempt_and_unrecorded_duplicates(run):
     fake.jobs["999"] = fake.jobs[old_b]
     dup = fake.submit(SubmitRequest(run_dir=store.paths.root, run_id=store.read().run_id, stage="b",
                                     resources=built.stage("b").resources))
-    ids = apply.cancel(store, built, fake, stage="b")
+    ids = rerun_cancel.cancel(store, built, fake, stage="b")
     c_job = store.read().stages["c"].current.job_id
     assert sorted(ids) == sorted([old_b, "999", dup, c_job])

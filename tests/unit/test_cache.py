@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import apply, cache, jobside, loader, manifest, overrides, plan, replan, spec, status
+from orchestrator import apply, cache, jobside, loader, manifest, overrides, plan, replan, rerun_cancel, spec, status
 from orchestrator.errors import PipelineError, SpecError
 from orchestrator.scheduler.fake import FakeScheduler
 from orchestrator.state import Store
@@ -270,7 +270,7 @@ def test_rerun_notices_a_cached_source_gone(write_spec, tmp_path, fake):
     notes: list[str] = []
     with second.update() as st:
         st.stages["report"].attempts[-1].state = JobState.FAILED
-    ids = apply.rerun(second, built, fake, stage="report", notes=notes)
+    ids = rerun_cancel.rerun(second, built, fake, stage="report", notes=notes)
     assert sorted(ids) == ["download", "report"]
     assert any("download: its outputs changed" in n for n in notes)
     run_jobs(second, fake)
@@ -290,7 +290,7 @@ def test_rerunning_the_source_stage_leaves_the_adopting_run_alone(write_spec, tm
     shared = second.paths.workdir_default / "merged" / "model"
     assert os.stat(shared).st_nlink == 2
     recorded = os.stat(shared).st_mtime_ns
-    assert list(apply.rerun(first, built, fake, stage="merge")) == ["merge"]
+    assert list(rerun_cancel.rerun(first, built, fake, stage="merge")) == ["merge"]
     run_jobs(first, fake)
     assert os.stat(shared).st_nlink == 1 and os.stat(shared).st_mtime_ns == recorded
     assert manifest.verify_own(second, second_plan, ["merge"]) == {}
@@ -309,7 +309,7 @@ def test_plain_rerun_keeps_completed_stages_that_declare_no_outputs(write_spec, 
     run, built, _ = submit(path, fake, tmp_path / "runs")
     run_jobs(run, fake)
     assert run.read().stages["train"].state is JobState.FAILED
-    assert apply.rerun(run, built, fake, notes=[]).keys() == {"train"}
+    assert rerun_cancel.rerun(run, built, fake, notes=[]).keys() == {"train"}
 
 
 # -------------------------------------------------------------------------------------- item 3: rerun --spec

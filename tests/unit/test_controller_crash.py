@@ -13,7 +13,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from orchestrator import apply, loader, plan, status
+from orchestrator import apply, loader, plan, rerun_cancel, status
 from orchestrator.errors import PipelineError
 from orchestrator.scheduler import JobInfo
 from orchestrator.scheduler.fake import FakeScheduler
@@ -134,7 +134,7 @@ def test_status_notices_a_finished_stage_running_again(run):
     assert view.warning.count("\n") == 0 and "disagree about stage(s) a" in view.warning
     assert store.read().stages["a"].state is S.RUNNING  # recorded: rerun must not start a second copy
     with pytest.raises(PipelineError, match="still queued or running"):
-        apply.rerun(store, plan.build(loader.load(store.paths.spec_copy)), fake, stage="a")
+        rerun_cancel.rerun(store, plan.build(loader.load(store.paths.spec_copy)), fake, stage="a")
 
 
 def test_old_finished_stages_are_not_asked_about_again(run):
@@ -174,7 +174,7 @@ def test_rerun_releases_holds_and_says_so(run):
     fake.jobs[ids["b"]] = JobInfo(S.HELD, reason="JobHeldUser")  # a held attempt the state still calls live
     notes: list[str] = []
     with pytest.raises(PipelineError, match=f"released job {ids['b']}"):
-        apply.rerun(store, built, fake, stage="b", notes=notes)  # b is queued again once released
+        rerun_cancel.rerun(store, built, fake, stage="b", notes=notes)  # b is queued again once released
     assert notes == [f"stage b: released job {ids['b']} (held: JobHeldUser)"] and ids["b"] in fake.released
 
 

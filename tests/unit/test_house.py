@@ -25,7 +25,6 @@ _ISSUE_14 = "grew with issue 14 (cache, sweeps) while it was being written; spli
 LONG_MODULES: dict[str, str] = {
     "orchestrator/scheduler/slurm.py": "the Slurm backend: submit, arrays, release, repair, query "
                                        "(parsing is in slurm_parse.py); submission parameters next. " + _ISSUE_14,
-    "orchestrator/apply.py": "submit, resume, rerun, cancel, holds. " + _ISSUE_14,
     "stages/finetune.py": "the finetune program; being reworked for the issue 11 benchmark by its own helper",
 }
 

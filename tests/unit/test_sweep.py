@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from orchestrator import apply, loader, plan, status, sweepview
+from orchestrator import apply, loader, plan, rerun_cancel, status, sweepview
 from orchestrator.errors import PipelineError, SpecError
 from orchestrator.scheduler.fake import FakeScheduler
 from orchestrator.scheduler.slurm import (
@@ -119,14 +119,14 @@ def test_failed_variant_cancels_only_its_own_merge_then_rerun_variant(run):
     assert state.stages["merge@v1"].state is JobState.CANCELLED
     assert sum(s.state is JobState.COMPLETED for s in state.stages.values()) == 7
     before = fake.submit_calls
-    submitted = apply.rerun(store, built, fake, variant="v1")
+    submitted = rerun_cancel.rerun(store, built, fake, variant="v1")
     assert set(submitted) == {"finetune@v1", "merge@v1"} and fake.submit_calls == before + 2
     assert fake.deps[submitted["merge@v1"]] == (submitted["finetune@v1"],)  # afterok: one job each
     assert fake.deps[submitted["finetune@v1"]] == ()  # download COMPLETED: no dependency (purged jobs)
     with pytest.raises(PipelineError, match="no variant 'v9'"):
-        apply.rerun(store, built, fake, variant="v9")
+        rerun_cancel.rerun(store, built, fake, variant="v9")
     with pytest.raises(PipelineError, match="shared by every variant"):
-        apply.rerun(store, built, fake, stage="download", variant="1")
+        rerun_cancel.rerun(store, built, fake, stage="download", variant="1")
 
 
 def test_rerun_variant_by_index_and_stage(run):
@@ -135,7 +135,7 @@ def test_rerun_variant_by_index_and_stage(run):
     for job_id in list(fake.jobs):
         fake.finish(job_id, JobState.COMPLETED)
     status.refresh([store.paths.root], {"fake": fake, "local": fake})
-    assert set(apply.rerun(store, built, fake, stage="merge", variant="2")) == {"merge@v2"}
+    assert set(rerun_cancel.rerun(store, built, fake, stage="merge", variant="2")) == {"merge@v2"}
 
 
 def test_split_above_max_array_size_pairs_chunks(run):
