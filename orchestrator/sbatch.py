@@ -1,5 +1,5 @@
 """A stage's resources as sbatch options: the one mapping. `pipeline render` shows them as flags
-(plan.resource_flags) and the Slurm backend submits the same list (scheduler/slurm.py _parameters)."""
+(plan.resource_flags) and the Slurm backend submits the same list (scheduler/slurm_submit.py parameters)."""
 
 from __future__ import annotations
 

@@ -9,13 +9,12 @@ parent ends before its child is registered (easybuild-framework PR #751).
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from orchestrator import proc, sbatch
+from orchestrator import proc
 from orchestrator.errors import CommandError, SchedulerError
 from orchestrator.scheduler.slurm_job import run_stage
 from orchestrator.scheduler.slurm_parse import (  # parsing and combining what sacct/squeue print
@@ -31,6 +30,14 @@ from orchestrator.scheduler.slurm_parse import (  # parsing and combining what s
     parse_usage,
 )
 from orchestrator.scheduler.slurm_reasons import explained
+from orchestrator.scheduler.slurm_submit import (  # submitit's parameters and executor, pickle repair
+    array_id,
+    executor_for,
+    job_name,
+    parameters,
+    repair,
+    submitting,
+)
 from orchestrator.scheduler.types import (
     ACCOUNTED_AS,  # noqa: F401  (tests and older callers import the JobInfo.extra keys from here)
     CONTROLLER_DOWN,
@@ -42,9 +49,8 @@ from orchestrator.scheduler.types import (
     JobInfo,
     SubmitRequest,
 )
-from orchestrator.secrets import job_env
 from orchestrator.spec import ClusterProfile
-from orchestrator.state import RunPaths, faultpoint
+from orchestrator.state import RunPaths
 
 # Restarts is not a sacct field on 22.05; the restart count comes from the job-written records.
 # JobID, not JobIDRaw: an array task is `<array id>_<task>` there (JobIDRaw is each task's own number), the id
@@ -53,17 +59,6 @@ SACCT_FIELDS = "JobID,State,ExitCode,NodeList,Start,End,Reason"
 SQUEUE_FORMAT = "%i|%T|%r|%N|%S"  # with -r (--array): one line per array task, `123_4`, never `123_[0-7]`
 USAGE_FIELDS = "JobID,ElapsedRaw,NNodes,AllocTRES,TotalCPU,CPUTimeRAW,MaxRSS"
 QUERY_TIMEOUT_S = 30.0
-
-
-def job_name(run_id: str, stage: str) -> str:
-    """The tag that lets orphans be found by name (squeue/sacct --name) after any crash."""
-    return f"{run_id}.{stage}"
-
-
-# Options submitit takes as executor parameters (submitit 1.5.4 slurm.py _make_sbatch_string); the rest of the
-# resource flags go in additional_parameters. Both end up as `#SBATCH --<name>=<value>` lines.
-SUBMITIT_NATIVE = frozenset({"nodes", "ntasks-per-node", "cpus-per-task", "gpus-per-node", "gres", "mem", "partition",
-                             "constraint", "account", "qos", "exclusive"})
 
 
 class SlurmScheduler:
@@ -78,7 +73,7 @@ class SlurmScheduler:
     def submit(self, request: SubmitRequest) -> str:
         executor = self._executor_for(request.run_dir, request.stage)
         executor.update_parameters(**self._parameters(request))
-        jobs = self._submitting(request.run_dir, request.stage,
+        jobs = submitting(request.run_dir, request.stage,
                                 lambda: [executor.submit(run_stage, str(request.run_dir), request.stage)])
         return str(jobs[0].job_id)
 
@@ -100,7 +95,7 @@ class SlurmScheduler:
         params["array_parallelism"] = request.throttle or len(request.tasks)
         executor.update_parameters(**params)
         n = len(request.tasks)
-        jobs = self._submitting(request.run_dir, request.stage,
+        jobs = submitting(request.run_dir, request.stage,
                                 lambda: executor.map_array(run_stage, [str(request.run_dir)] * n, list(request.tasks)))
         return [str(job.job_id) for job in jobs]
 
@@ -111,46 +106,15 @@ class SlurmScheduler:
             self._max_array = parse_max_array_size(out.stdout) if out.returncode == 0 else DEFAULT_MAX_ARRAY_SIZE
         return self._max_array
 
-    def _executor_for(self, run_dir: Path, stage: str) -> Any:
-        executor = _executor(RunPaths(run_dir).submitit / "%j", self.cluster.python or sys.executable, stage)
-        # submitit spaces sbatch calls 0.2 s apart for large sweeps; a chain is a handful of jobs and the
-        # submit-in-one-second target matters more (peers.md section 8, "Throughput and latency").
-        executor._throttling = 0.0
-        return executor
-
-    def _submitting(self, run_dir: Path, stage: str, call: Any) -> list[Any]:
-        env_before = dict(os.environ)
-        # The submitter's environment goes to the job (sbatch --export=ALL): strip secrets first.
-        os.environ.clear()
-        os.environ.update(job_env(run_dir, env_before))
-        try:
-            jobs: list[Any] = call()
-        except Exception as exc:  # submitit raises FailedJobError or subprocess errors; both mean "not queued"
-            raise SchedulerError(f"sbatch refused stage {stage}: {exc}",
-                                 "fix the cause, then `pipeline submit --resume RUN` finishes the submission") from None
-        finally:
-            os.environ.clear()
-            os.environ.update(env_before)
-        return jobs
-
     def _parameters(self, request: SubmitRequest) -> dict[str, object]:
-        """submitit's executor parameters; every resource flag comes from sbatch.options."""
-        res = request.resources
-        extra: dict[str, object] = {"kill-on-invalid-dep": "yes", "comment": f"pipeline:{request.run_id}:{request.stage}"}
-        if request.hold:
-            extra["hold"] = True
-        if request.retries:
-            extra["requeue"] = True
-        params: dict[str, object] = {
-            "job_name": job_name(request.run_id, request.stage), "use_srun": False, "stderr_to_stdout": True,
-            "time": None, "nodes": 1, "additional_parameters": extra, "signal_delay_s": 120,
-        }
-        for key, value in sbatch.options(res):  # the flags `pipeline render` shows, as submitit takes them
-            native = key in SUBMITIT_NATIVE and key not in res.sbatch
-            (params if native else extra)[key.replace("-", "_") if native else key] = value
-        if request.after:
-            params["dependency"] = "afterok:" + ":".join(request.after)
-        return params
+        return parameters(request)
+
+    def _executor_for(self, run_dir: Path, stage: str) -> Any:
+        return executor_for(run_dir, self.cluster.python or sys.executable, stage)
+
+    def repair(self, run_dir: Path, stage: str, job_id: str) -> tuple[bool, str | None]:
+        """Move a job's submitit pickle where the job looks for it (slurm_submit.repair)."""
+        return repair(run_dir, stage, job_id)
 
     def release(self, job_ids: Sequence[str]) -> None:
         if not job_ids:
@@ -171,29 +135,6 @@ class SlurmScheduler:
         if job_ids:
             # scancel of an already-finished job prints an error but is harmless: idempotent by contract.
             proc.run(["scancel", *job_ids], check=False, timeout=QUERY_TIMEOUT_S)
-
-    def repair(self, run_dir: Path, stage: str, job_id: str) -> tuple[bool, str | None]:
-        """submitit runs sbatch, then moves the job's pickle from submitit/<uuid>.pkl to
-        submitit/<id>/<id>_submitted.pkl (submitit 1.5.4 core/core.py Executor._internal_process_submissions,
-        utils.JobPaths.move_temporary_file). A submit killed between the two leaves a job that waits 60 s for a
-        pickle that never comes, or exits 0:53 when submitit/<id>/ (its --output folder) is missing. The pickle
-        is still on disk under its temporary name: find the one whose arguments are this run and stage, and
-        move it where the job looks."""
-        import submitit
-
-        folder = RunPaths(run_dir).submitit
-        paths = submitit.core.utils.JobPaths(folder / "%j", job_id=job_id)
-        if paths.submitted_pickle.exists():
-            return True, None
-        for candidate in sorted(folder.glob("*.pkl")):
-            try:
-                delayed = submitit.core.utils.DelayedSubmission.load(candidate)
-            except Exception:  # a torn pickle (killed mid-dump) or someone else's file: not this job's
-                continue
-            if tuple(delayed.args) == (str(run_dir), stage):
-                paths.move_temporary_file(candidate, "submitted_pickle")
-                return True, f"moved its submitit pickle from {candidate.name} into submitit/{job_id}/"
-        return False, f"its submitit pickle ({paths.submitted_pickle.name}) is missing and no copy was left"
 
     def find_tagged(self, run_dir: Path, run_id: str, stages: Sequence[str]) -> dict[str, list[str]]:
         names = {job_name(run_id, s): s for s in stages}
@@ -299,28 +240,6 @@ def _first_error(message: str) -> str:
     """The last `error:` line of a failed command's message (sacct prints three for one cause)."""
     errors = [l.split("error:", 1)[1].strip() for l in message.splitlines() if "error:" in l]
     return errors[-1] if errors else message.splitlines()[0][:200]
-
-
-def _executor(folder: Path, python: str, stage: str) -> Any:
-    """submitit's SlurmExecutor with a test-only fault point right after sbatch accepted the job and before
-    submitit moves the job's pickle into place (orchestrator.state.faultpoint; issue 13 item 1)."""
-    import submitit  # imported here: render/validate must not need a cluster (style.md practice 3)
-
-    class Executor(submitit.SlurmExecutor):
-        def _submit_command(self, command: str) -> Any:
-            job = super()._submit_command(command)
-            faultpoint("sbatch-accepted", stage)
-            return job
-
-    return Executor(folder=folder, python=python, max_num_timeout=0)
-
-
-def array_id(task_ids: Sequence[str], tasks: int) -> str:
-    """The array job id of task ids `A_0 .. A_(n-1)`; anything else cannot be paired task by task (aftercorr)."""
-    base = task_ids[0].partition("_")[0] if task_ids else ""
-    if list(task_ids) != [f"{base}_{i}" for i in range(tasks)]:
-        raise SchedulerError(f"aftercorr needs a parent array of the same {tasks} tasks, got {', '.join(task_ids)}")
-    return base
 
 
 def query_group(run_dir: Path) -> str:
