@@ -14,7 +14,7 @@ same model, data, LoRA and batch; (b) model FLOPs utilisation against the fp32 m
 (b) FLOPs per trained token are counted from the model config (flops_per_token below) and divided by the best
     fp32 matmul rate torch reaches on the same threads in this process (square 2048 GEMM and the model's own
     largest GEMM shape), measured between the rounds. Each loop is credited with the FLOPs it executes: the
-    Trainer applies the LM head at every position, our stage only where a label is (stages/finetune.py
+    Trainer applies the LM head at every position, our stage only where a label is (stages/answer_head.py
     answer_loss), on the fraction of positions its metrics.jsonl reports as labelled_tokens / tokens.
 --profile: our stage profiles one more step after the measured ones with torch.profiler (top ops by self CPU).
 """

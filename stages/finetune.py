@@ -12,16 +12,19 @@ import argparse
 import json
 import math
 import os
-import random
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from stages import data as datalib
 from stages import sharding, tracking
-from stages.common import (StageError, dtype_kwargs, entry, log, metric, newest_checkpoint, progress,
-                           require_model_dir, write_json)
+from stages.answer_head import answer_loss
+from stages.batches import collate, micro_batches
+from stages.common import StageError, dtype_kwargs, entry, log, metric, progress, require_model_dir
+from stages.finetune_checkpoint import resume, save_checkpoint, save_final
+from stages.torchrun import Dist
 
 INTERRUPTED_RC = 75
 _stop_requested = False
@@ -63,40 +66,6 @@ def _on_signal(signum: int, frame: Any) -> None:
     global _stop_requested
     _stop_requested = True
     log(f"signal {signum}: saving a checkpoint at the next step boundary")
-
-
-class Dist:
-    """torchrun's environment, or a single process."""
-
-    def __init__(self) -> None:
-        import torch
-        import torch.distributed as dist
-
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.cuda = torch.cuda.is_available()
-        self.device = torch.device(f"cuda:{self.local_rank}" if self.cuda else "cpu")
-        if self.cuda:
-            torch.cuda.set_device(self.device)  # FSDP2's default device mesh uses the current device
-        if self.world > 1:
-            dist.init_process_group("nccl" if self.cuda else "gloo")
-
-    def barrier(self) -> None:
-        import torch.distributed as dist
-
-        if self.world > 1:
-            dist.barrier()
-
-    def mean(self, value: float) -> float:
-        import torch
-        import torch.distributed as dist
-
-        if self.world == 1:
-            return value
-        tensor = torch.tensor([value], device=self.device)
-        dist.all_reduce(tensor)
-        return float(tensor.item()) / self.world
 
 
 def load_model(args: argparse.Namespace, dist: Dist) -> tuple[Any, Any]:
@@ -158,141 +127,6 @@ def check_trainable(model: Any, method: str) -> tuple[int, int]:
     return trainable, total
 
 
-def micro_batches(n_items: int, batch: int, world: int, rank: int, seed: int, start: int, count: int) -> list[list[int]]:
-    """Micro-batches start..start+count-1 of a deterministic epoch-shuffled stream: the same on restart."""
-    per = batch * world
-    out = []
-    for k in range(start, start + count):
-        first = k * per + rank * batch
-        indices = []
-        for pos in range(first, first + batch):
-            epoch, offset = divmod(pos, n_items)
-            order = list(range(n_items))
-            random.Random(seed + epoch).shuffle(order)
-            indices.append(order[offset])
-        out.append(indices)
-    return out
-
-
-def collate(chunks: list[datalib.Chunk], pad_id: int, device: Any) -> dict[str, Any]:
-    import torch
-
-    width = max(len(ids) for ids, _ in chunks)
-    ids = torch.full((len(chunks), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(chunks), width), -100, dtype=torch.long)  # padding and prompts: no loss
-    mask = torch.zeros((len(chunks), width), dtype=torch.long)
-    for i, (chunk, chunk_labels) in enumerate(chunks):
-        ids[i, :len(chunk)] = torch.tensor(chunk)
-        labels[i, :len(chunk_labels)] = torch.tensor(chunk_labels)
-        mask[i, :len(chunk)] = 1
-    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
-
-
-def answer_targets(labels: Any) -> tuple[Any, Any]:
-    """The positions whose next token carries a label, and those labels: the causal shift of transformers'
-    ForCausalLMLoss (transformers 4.57 loss/loss_utils.py: labels padded with one -100, then labels[..., 1:])."""
-    import torch
-
-    shifted = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)
-    keep = shifted != -100
-    return keep, shifted[keep]
-
-
-def answer_loss(model: Any, head: Any, batch: dict[str, Any]) -> Any:
-    """model(**batch).loss - the mean cross-entropy over the labelled (answer) tokens - with the LM head applied
-    only at the positions that have a label. transformers computes the logits of every position and drops the
-    prompt's in the loss; with answer-only labels most rows of that (tokens x vocabulary) product, and of its
-    backward, are thrown away. A forward pre-hook on the head module hands it the labelled rows only, so the call
-    still goes through the wrapper's forward (DDP's and FSDP's hooks run as before). A model that does not call
-    its head module (logits still 3-D) gets its logits indexed instead: the same loss, without the saving."""
-    import torch
-
-    keep, targets = answer_targets(batch["labels"])
-    handle = head.register_forward_pre_hook(lambda _module, args: (args[0][keep], *args[1:]))
-    try:  # use_cache=False: a training step never reads the KV cache the forward would otherwise fill
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-    finally:
-        handle.remove()
-    if logits.dim() == 3:
-        logits = logits[keep]
-    return torch.nn.functional.cross_entropy(logits.float(), targets)  # float: as ForCausalLMLoss upcasts
-
-
-def trainable_state(model: Any) -> dict[str, Any]:
-    return {k: v.detach().cpu() for k, v in model.named_parameters() if v.requires_grad}
-
-
-def save_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any, step: int, args: argparse.Namespace,
-                    dist: Dist, tokenizer: Any) -> None:
-    import torch
-
-    dist.barrier()
-    if args.fsdp:  # every rank writes its own shard; consolidate gathers them
-        sharding.save(path, model, optimizer, frozen_too=args.method == "full")
-    if dist.rank == 0:
-        path.mkdir(parents=True, exist_ok=True)
-        inner = model.module if hasattr(model, "module") else model
-        extra = {"scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()}
-        if not args.fsdp:
-            torch.save(trainable_state(inner), path / "trainable.pt")
-            extra["optimizer"] = optimizer.state_dict()
-        torch.save(extra, path / "optimizer.pt")
-        if args.method != "full" and args.fsdp:
-            inner.peft_config["default"].save_pretrained(path / sharding.DCP_DIR)  # adapter_config.json
-        elif args.method != "full":
-            inner.save_pretrained(path / "adapter")  # PEFT layout: consolidate takes it from here
-        write_json(path / "train_state.json", {"step": step, "method": args.method, "fsdp": args.fsdp,
-                                               "world_size": dist.world})
-        (path / "done").write_text(str(step))  # last: a checkpoint without it is incomplete
-        log(f"checkpoint {path.name} saved")
-    dist.barrier()
-
-
-def resume(output: Path, model: Any, optimizer: Any, scheduler: Any, args: argparse.Namespace) -> int:
-    import torch
-
-    ckpt = newest_checkpoint(output)
-    if ckpt is None:
-        return 0
-    if args.fsdp:
-        sharding.load(ckpt, model, optimizer, frozen_too=args.method == "full")
-    else:
-        if not (ckpt / "trainable.pt").is_file():
-            raise StageError(f"{ckpt} was written by an FSDP run (no trainable.pt)",
-                             "resume with fsdp: true, or move the checkpoint aside to start over")
-        state = torch.load(ckpt / "trainable.pt", map_location="cpu")
-        inner = model.module if hasattr(model, "module") else model
-        params = dict(inner.named_parameters())
-        with torch.no_grad():
-            for name, value in state.items():
-                params[name].copy_(value.to(params[name].device))
-    extra = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=False)
-    if not args.fsdp:
-        optimizer.load_state_dict(extra["optimizer"])
-    scheduler.load_state_dict(extra["scheduler"])
-    torch.set_rng_state(extra["rng"])
-    step = int(json.loads((ckpt / "train_state.json").read_text())["step"])
-    log(f"resuming from {ckpt.name} at step {step}")
-    return step
-
-
-def save_final(output: Path, model: Any, tokenizer: Any, step: int, args: argparse.Namespace, dist: Dist) -> None:
-    import torch
-
-    # With FSDP the full state is gathered first (a collective: every rank takes part), then rank 0 writes it.
-    state = sharding.full_state(model, frozen_too=args.method == "full") if args.fsdp else None
-    if dist.rank != 0:
-        return
-    final = output / "final"
-    sharding.save_pretrained(final, model, state)
-    tokenizer.save_pretrained(final)
-    # Rank 0's peak GPU memory (torch's allocator), read by bench/gpu_finetune.py; None on CPU.
-    peak = torch.cuda.max_memory_allocated(dist.device) if dist.cuda else None
-    write_json(final / "train_state.json", {"step": step, "method": args.method, "source_model": str(args.model),
-                                            "peak_device_memory_bytes": peak})
-    log(f"final {'adapter' if args.method != 'full' else 'model'} at step {step} -> {final}")
-
-
 def start_profile(wanted: bool) -> Any:
     """torch.profiler around one optimizer step (bench/finetune.py --profile reads what it writes)."""
     if not wanted:
@@ -315,7 +149,24 @@ def stop_profile(profiler: Any, target: Path) -> None:
     log(f"profile of one step -> {target}")
 
 
-def train(args: argparse.Namespace) -> int:
+@dataclass
+class Run:
+    """What the training loop works on, built once by setup()."""
+
+    dist: Dist
+    model: Any
+    tokenizer: Any
+    head: Any  # the LM head module answer_loss hooks; DDP/FSDP keep this object when they wrap the model
+    chunks: list[datalib.Chunk]
+    steps: int
+    params: list[Any]
+    optimizer: Any
+    scheduler: Any
+    step: int
+
+
+def setup(args: argparse.Namespace) -> Run:
+    """Validate the data, load and wrap the model, build optimizer and schedule, resume from a checkpoint."""
     import torch
 
     datalib.validate(args.data, datalib.read_jsonl(args.data), args.format)  # bad rows fail before any loading
@@ -347,50 +198,73 @@ def train(args: argparse.Namespace) -> int:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * max(0.0, (steps - s) / max(1, steps - warmup)))
     step = resume(args.output, model, optimizer, scheduler, args)
+    return Run(dist, model, tokenizer, head, chunks, steps, params, optimizer, scheduler, step)
+
+
+def one_step(run: Run, args: argparse.Namespace) -> dict[str, Any]:
+    """One optimizer step over grad_accum micro-batches; what it measured, for report()."""
+    import torch
+
+    dist = run.dist
+    started, tokens, labelled, loss_sum = time.perf_counter(), 0, 0, torch.zeros((), device=dist.device)
+    for indices in micro_batches(len(run.chunks), args.batch_size, dist.world, dist.rank, args.seed,
+                                 run.step * args.grad_accum, args.grad_accum):
+        micro = [run.chunks[i] for i in indices]
+        batch = collate(micro, run.tokenizer.pad_token_id, dist.device)
+        loss = answer_loss(run.model, run.head, batch) / args.grad_accum
+        loss.backward()
+        loss_sum += loss.detach()  # read once per step, not once per micro-batch (a GPU sync each)
+        tokens += sum(len(ids) for ids, _ in micro)
+        labelled += sum(label != -100 for _, labels in micro for label in labels[1:])
+    grad_norm = sharding.clip_grad_norm(run.model, run.params, 1.0)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.step += 1
+    return {"started": started, "tokens": tokens, "labelled": labelled, "loss_sum": loss_sum, "grad_norm": grad_norm}
+
+
+def report(run: Run, measured: dict[str, Any], metrics: Any, next_progress: float) -> float:
+    """metrics.jsonl and the metric line (rank 0), the log, progress; returns when progress may be written next."""
+    step, steps, dist = run.step, run.steps, run.dist
+    loss_mean = dist.mean(float(measured["loss_sum"]))
+    rate = dist.world * measured["tokens"] / (time.perf_counter() - measured["started"])
+    if metrics is not None:  # labelled_tokens: rank 0's, what bench/finetune.py counts the LM head's FLOPs on
+        metrics.write(json.dumps({"step": step, "loss": round(loss_mean, 5), "lr": run.scheduler.get_last_lr()[0],
+                                  "tokens_per_s": round(rate, 1), "tokens": measured["tokens"],
+                                  "labelled_tokens": measured["labelled"], "time": round(time.time(), 4),
+                                  "cpu_time": round(time.process_time(), 4)}) + "\n")
+        metrics.flush()
+        metric(step=step, steps=steps, loss=round(loss_mean, 5), lr=run.scheduler.get_last_lr()[0],
+               grad_norm=measured["grad_norm"], tokens_per_s=round(rate, 1))
+    if step % 10 == 0 or step == 1:
+        log(f"step {step}/{steps} loss {loss_mean:.4f} tokens/s {rate:.0f}")
+    if time.monotonic() >= next_progress or step == steps:  # at most every 5 s: run dirs live on FSx
+        progress(step=step, steps=steps, loss=round(loss_mean, 4), tokens_per_s=round(rate, 1))
+        return time.monotonic() + 5.0
+    return next_progress
+
+
+def train(args: argparse.Namespace) -> int:
+    run = setup(args)
+    dist = run.dist
     tracking.params(vars(args))
     metrics = open(args.output / "metrics.jsonl", "a") if dist.rank == 0 else None
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGUSR2, _on_signal)
-    model.train()
+    run.model.train()
     next_progress = 0.0
-    while step < steps:
-        profiler = start_profile(args.profile_step == step + 1 and dist.rank == 0)
-        started, tokens, labelled, loss_sum = time.perf_counter(), 0, 0, torch.zeros((), device=dist.device)
-        for indices in micro_batches(len(chunks), args.batch_size, dist.world, dist.rank, args.seed,
-                                     step * args.grad_accum, args.grad_accum):
-            micro = [chunks[i] for i in indices]
-            batch = collate(micro, tokenizer.pad_token_id, dist.device)
-            loss = answer_loss(model, head, batch) / args.grad_accum
-            loss.backward()
-            loss_sum += loss.detach()  # read once per step, not once per micro-batch (a GPU sync each)
-            tokens += sum(len(ids) for ids, _ in micro)
-            labelled += sum(label != -100 for _, labels in micro for label in labels[1:])
-        grad_norm = sharding.clip_grad_norm(model, params, 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        stop_profile(profiler, args.output / f"profile-step-{step}.txt")
-        loss_mean = dist.mean(float(loss_sum))
-        rate = dist.world * tokens / (time.perf_counter() - started)
-        if metrics is not None:  # labelled_tokens: rank 0's, what bench/finetune.py counts the LM head's FLOPs on
-            metrics.write(json.dumps({"step": step, "loss": round(loss_mean, 5), "lr": scheduler.get_last_lr()[0],
-                                      "tokens_per_s": round(rate, 1), "tokens": tokens,
-                                      "labelled_tokens": labelled, "time": round(time.time(), 4),
-                                      "cpu_time": round(time.process_time(), 4)}) + "\n")
-            metrics.flush()
-            metric(step=step, steps=steps, loss=round(loss_mean, 5), lr=scheduler.get_last_lr()[0],
-                   grad_norm=grad_norm, tokens_per_s=round(rate, 1))
-        if step % 10 == 0 or step == 1:
-            log(f"step {step}/{steps} loss {loss_mean:.4f} tokens/s {rate:.0f}")
-        if time.monotonic() >= next_progress or step == steps:  # at most every 5 s: run dirs live on FSx
-            progress(step=step, steps=steps, loss=round(loss_mean, 4), tokens_per_s=round(rate, 1))
-            next_progress = time.monotonic() + 5.0
-        if step % args.save_steps == 0 or _stop_requested:
-            save_checkpoint(args.output / f"checkpoint-{step}", model, optimizer, scheduler, step, args, dist, tokenizer)
+    while run.step < run.steps:
+        profiler = start_profile(args.profile_step == run.step + 1 and dist.rank == 0)
+        measured = one_step(run, args)
+        stop_profile(profiler, args.output / f"profile-step-{run.step}.txt")
+        next_progress = report(run, measured, metrics, next_progress)
+        if run.step % args.save_steps == 0 or _stop_requested:
+            save_checkpoint(args.output / f"checkpoint-{run.step}", run.model, run.optimizer, run.scheduler,
+                            run.step, args, dist, run.tokenizer)
         if _stop_requested:
             return INTERRUPTED_RC
-    save_final(args.output, model, tokenizer, step, args, dist)
+    save_final(args.output, run.model, run.tokenizer, run.step, args, dist)
     tracking.artifact(args.output / "final", "final")  # the adapter (or full model) and its train_state.json
     dist.barrier()
     return 0

@@ -1,4 +1,4 @@
-"""The finetune stage's answer-only LM head (stages/finetune.py answer_loss): on a real tiny Llama (LoRA and full
+"""The finetune stage's answer-only LM head (stages/answer_head.py answer_loss): on a real tiny Llama (LoRA and full
 fine-tuning), the loss and every trainable gradient equal what transformers' own path gives - model(**batch).loss,
 which computes the logits of every position and takes the loss on the labelled ones (transformers 4.57
 loss/loss_utils.py ForCausalLMLoss) - while the head multiplies only the labelled rows."""
@@ -17,7 +17,7 @@ def batch_and_model(tiny: Any, method: str) -> tuple[Any, dict[str, Any]]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from stages import data as datalib
-    from stages.finetune import collate
+    from stages.batches import collate
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(tiny)
@@ -50,7 +50,7 @@ def loss_and_grads(model: Any, compute: Any) -> tuple[float, dict[str, Any]]:
 
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_answer_head_gives_the_loss_and_gradients_of_the_full_head(tiny, method):
-    from stages.finetune import answer_loss, answer_targets
+    from stages.answer_head import answer_loss, answer_targets
 
     model, batch = batch_and_model(tiny, method)
     head = model.get_output_embeddings()
@@ -81,7 +81,7 @@ def test_a_model_that_bypasses_its_head_module_gets_the_same_loss(tiny):
     the logits come back for every position and are indexed instead."""
     import torch
 
-    from stages.finetune import answer_loss
+    from stages.answer_head import answer_loss
 
     model, batch = batch_and_model(tiny, "lora")
     with torch.no_grad():
