@@ -14,16 +14,14 @@ Run on the test cluster (boots one if SLURM_CONF is unset, as root):
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from submit_chain import PIPELINE, REPO, ensure_cluster, sh  # noqa: E402  (the sibling bench's cluster helpers)
+from submit_chain import PIPELINE, REPO, sh, workspace  # noqa: E402  (the sibling bench's cluster helpers)
 
 WORK_S = {"create_env": 4, "download": 6, "compile": 8, "finetune": 5, "merge": 2, "evaluate": 2, "inference": 1}
 SPEC = """name: cachebench
@@ -85,12 +83,7 @@ def usage(job_ids: list[str]) -> dict[str, float]:
 
 
 def main() -> int:
-    ensure_cluster()
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        os.environ["PIPELINE_HOME"] = str(work / "home")
-        spec = work / "bench.yaml"
-        spec.write_text(SPEC)
+    with workspace(SPEC) as (_, spec):
         first = submit_and_wait(spec)
         full = submit_and_wait(spec, "--no-cache", "--set", "stages.finetune.params.lr=0.0002")
         cached = submit_and_wait(spec, "--set", "stages.finetune.params.lr=0.0003")

@@ -12,6 +12,7 @@ Reports, in one session so the ratios are fair on a noisy machine:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -118,17 +120,24 @@ def ensure_cluster() -> None:
         os.environ.update(cluster.env())
 
 
+@contextlib.contextmanager
+def workspace(text: str, name: str = "bench.yaml") -> Iterator[tuple[Path, Path]]:
+    """The test cluster up, a throwaway PIPELINE_HOME, and the benchmark's spec written: (folder, spec path)."""
+    ensure_cluster()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        os.environ["PIPELINE_HOME"] = str(work / "home")
+        spec = work / name
+        spec.write_text(text)
+        yield work, spec
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--runs", type=int, default=100)
     args = parser.parse_args()
-    ensure_cluster()
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        os.environ["PIPELINE_HOME"] = str(work / "home")
-        spec = work / "bench.yaml"
-        spec.write_text(SPEC)
+    with workspace(SPEC) as (work, spec):
         rows = []
         for _ in range(args.repeat):
             raw_s, raw_ids = raw_chain(work)

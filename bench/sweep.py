@@ -19,12 +19,11 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from submit_chain import PIPELINE, REPO, _count, ensure_cluster, makespan, raw_chain, sh
+from submit_chain import PIPELINE, REPO, _count, makespan, raw_chain, sh, workspace
 
 
 def spec_text(variants: int) -> str:
@@ -60,12 +59,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--variants", type=int, default=64)
     args = parser.parse_args()
-    ensure_cluster()
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        os.environ["PIPELINE_HOME"] = str(work / "home")
-        spec = work / "sweep.yaml"
-        spec.write_text(spec_text(args.variants))
+    with workspace(spec_text(args.variants), "sweep.yaml") as (work, spec):
         submit_s, calls, ids = pipeline_sweep(spec)
         ours = makespan(ids, timeout=1800)
         before = sbatch_rpcs()
