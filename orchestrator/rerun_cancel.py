@@ -10,6 +10,7 @@ from collections.abc import Collection
 from orchestrator import dag, manifest
 from orchestrator.apply import adopt_orphans, release_holds, submit_stages
 from orchestrator.errors import PipelineError
+from orchestrator.merge import CANCEL_REQUESTED
 from orchestrator.plan import Plan
 from orchestrator.scheduler import Scheduler
 from orchestrator.state import RunState, Store
@@ -107,7 +108,7 @@ def cancel(store: Store, plan: Plan, scheduler: Scheduler, stage: str | None = N
             for name in names:
                 for attempt in fresh.stages[name].attempts:
                     if attempt.job_id in ids:
-                        attempt.reason = "cancel requested"
+                        attempt.reason = CANCEL_REQUESTED
     return ids
 
 

@@ -8,7 +8,6 @@ Snakemake-Profiles/slurm#81). Asking both lets status say when they disagree (is
 
 from __future__ import annotations
 
-import signal
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,13 +21,12 @@ from orchestrator.jobfiles import tracking_link as tracking_link
 from orchestrator.scheduler import (
     CONTROLLER_DOWN,
     DEPENDENCY_FAILED,
-    DISAGREEMENT,
-    NODE_PROBLEM,
     AccountingUnavailable,
     JobInfo,
     Scheduler,
     query_group,
 )
+from orchestrator.merge import CANCELLED_BY_US, CANCELLED_BY_USER, DISPUTED, merge
 from orchestrator.spec import ClusterProfile
 from orchestrator.state import Attempt, RunPaths, RunState, Store
 from orchestrator.states import JobState
@@ -104,9 +102,6 @@ def refresh(run_dirs: list[Path], schedulers: dict[str, Scheduler] | None = None
     return views
 
 
-DISPUTED = "sources disagree"
-
-
 def _warn_disputes(view: RunView) -> None:
     """One warning line per run when accounting and the controller disagree about any of its jobs."""
     names = [n for n, s in view.state.stages.items() if s.current and DISPUTED in (s.current.reason or "")]
@@ -137,13 +132,13 @@ def _apply(view: RunView, found: dict[str, JobInfo] | None, degraded: bool = Fal
         if stage.state.terminal:
             revived = (found or {}).get(current.job_id)
             if revived is not None and revived.state.active:  # a controller restart runs it again: say so
-                stage.attempts[-1] = updates[name] = _merge(current, revived, None)
+                stage.attempts[-1] = updates[name] = merge(current, revived, None)
             continue
         if found is None:
             current.state, current.reason = JobState.UNKNOWN, "scheduler query failed"
             continue  # shown, never persisted: a failed query is not news about the job
         info = found.get(current.job_id)
-        merged = _merge(current, info, latest_record(paths, name, current.job_id), degraded)
+        merged = merge(current, info, latest_record(paths, name, current.job_id), degraded)
         stage.attempts[-1] = merged
         if degraded and merged.state is JobState.UNKNOWN:
             continue  # shown, never persisted: accounting may know how it ended once it is back
@@ -158,92 +153,12 @@ def _apply(view: RunView, found: dict[str, JobInfo] | None, degraded: bool = Fal
                     fresh.stages[name].attempts[-1] = attempt
 
 
-CANCEL_REQUESTED = "cancel requested"
-CANCELLED_BY_US = "cancelled by `pipeline cancel`"
-CANCELLED_BY_USER = "cancelled by a user (scancel); no dependency had failed"
-
-
-def _merge(attempt: Attempt, info: JobInfo | None, record: dict[str, Any] | None,
-           degraded: bool = False) -> Attempt:
-    new = attempt.model_copy()
-    if info is not None:
-        new.state, new.reason = info.state, None if info.state.ok else info.note  # the backend's words for its code
-        new.exit_code = _exit_code(info, record, new.exit_code)
-        new.nodes = info.nodes or new.nodes
-        new.start, new.end = info.start or new.start, info.end or new.end
-        new.restarts = max(info.restarts, new.restarts, int(record.get("restarts", 0)) if record else 0)
-        new.history = list(info.history) or new.history
-        if record and info.state.terminal and record.get("reason") and not info.state.ok:
-            new.reason = record["reason"]  # "declared outputs missing: ..." beats a bare FAILED
-        if info.state is JobState.TIMEOUT:
-            new.reason = _timeout_reason(new.exit_code)
-        if attempt.reason in (CANCEL_REQUESTED, CANCELLED_BY_US):
-            new.reason = CANCELLED_BY_US if info.state is JobState.CANCELLED else CANCEL_REQUESTED
-        if info.state is JobState.HELD:
-            new.reason = info.note  # how to release it, which beats a cancel we asked for and did not happen
-        new.reason = _joined(new.reason, *(info.extra.get(k) for k in (NODE_PROBLEM, DISAGREEMENT)))
-        if DISAGREEMENT in info.extra:
-            new.reason = f"{DISPUTED}: {new.reason}"
-        return new
-    # The scheduler knows nothing (no accounting and aged out of squeue, or purged): trust the job's own record.
-    if record is None:
-        new.state, new.reason = JobState.UNKNOWN, (
-            "accounting is unreachable and the controller no longer lists this job; it left no record" if degraded
-            else "the scheduler has no record of this job and it left none")
-    elif "exit_code" in record:
-        new.state = JobState.COMPLETED if record["exit_code"] == 0 else JobState.FAILED
-        new.exit_code, new.end, new.reason = record["exit_code"], record["end"], record.get("reason")
-    else:
-        new.state, new.reason = JobState.UNKNOWN, (
-            "accounting is unreachable, the controller no longer lists it, and it left no end record" if degraded
-            else "started but left no end record and the scheduler forgot it")
-    if record is not None:
-        new.start, new.nodes = record.get("start") or new.start, record.get("nodes") or record.get("host")
-        new.restarts = max(new.restarts, int(record.get("restarts", 0)))
-    return new
-
-
-def _joined(*parts: str | None) -> str | None:
-    return "; ".join(p for p in parts if p) or None
-
-
 def restart_note(attempt: Attempt) -> str:
     """'restart 1 (NODE_FAIL at 09:12:03 on dev2)': how often Slurm ran this job again, and why and when."""
     if not attempt.restarts:
         return ""
     why = "; ".join(attempt.history[-3:])
     return f"restart {attempt.restarts}" + (f" ({why})" if why else "")
-
-
-def _exit_code(info: JobInfo, record: dict[str, Any] | None, before: int | None) -> int | None:
-    """The code (or 128+signal) that really ended the job; None while it runs and for a job that never ran.
-    sacct reports 0:0 for pending and never-started jobs and, for the allocation of a TIMEOUT job, 0:0 too (the
-    signal is on the batch step): the job's own end record, when there is one, says what the program returned."""
-    if not info.state.terminal:
-        return None
-    if info.state.ok:
-        return 0
-    if record is not None and isinstance(record.get("exit_code"), int):
-        return int(record["exit_code"])
-    if info.exit_code:
-        return info.exit_code
-    if info.state is JobState.TIMEOUT:
-        return 128 + signal.SIGTERM  # sbatch(1) --time: at the limit every task gets SIGTERM, then SIGKILL
-    return before if before else None
-
-
-def _timeout_reason(code: int | None) -> str:
-    sig = _signal_name(code)
-    return "hit its time limit (resources.time)" + (f"; ended by {sig}" if sig else "")
-
-
-def _signal_name(code: int | None) -> str | None:
-    if code is None or code <= 128:
-        return None
-    try:
-        return signal.Signals(code - 128).name
-    except ValueError:
-        return None
 
 
 def _explain_cancel(state: RunState, name: str) -> None:

@@ -56,7 +56,11 @@ from orchestrator.state import RunPaths
 # JobID, not JobIDRaw: an array task is `<array id>_<task>` there (JobIDRaw is each task's own number), the id
 # sbatch --parsable gave and the one our state records; for a plain job both are the same.
 SACCT_FIELDS = "JobID,State,ExitCode,NodeList,Start,End,Reason"
-SQUEUE_FORMAT = "%i|%T|%r|%N|%S"  # with -r (--array): one line per array task, `123_4`, never `123_[0-7]`
+# squeue(1) -O "type[:[.][size][suffix]]": a field with a suffix and no size is printed whole (22.05, seen on the
+# test cluster). -O because the restart count has no -o letter: a requeue the controller has done and slurmdbd has
+# not recorded yet is told apart from a controller that reloaded an older state (slurm_parse.combine). JobArrayID
+# prints `123_4` as -o %i does; with -r (--array) one line per array task, never `123_[0-7]`.
+SQUEUE_FIELDS = "JobArrayID:|,State:|,Reason:|,NodeList:|,StartTime:|,RestartCnt:"
 USAGE_FIELDS = "JobID,ElapsedRaw,NNodes,AllocTRES,TotalCPU,CPUTimeRAW,MaxRSS"
 QUERY_TIMEOUT_S = 30.0
 
@@ -216,7 +220,7 @@ class SlurmScheduler:
             return {}
         self.query_calls += 1
         try:
-            out = proc.run(["squeue", "-h", "-r", "--states=all", "-o", SQUEUE_FORMAT, "-j", ",".join(job_ids)],
+            out = proc.run(["squeue", "-h", "-r", "--states=all", "-O", SQUEUE_FIELDS, "-j", ",".join(job_ids)],
                            timeout=QUERY_TIMEOUT_S, check=False)
         except Exception as exc:
             raise SchedulerError(f"squeue failed: {exc}") from None

@@ -26,6 +26,8 @@ def explain(info: JobInfo, job_id: str) -> str | None:
         return "waiting for its dependencies"
     if info.state is JobState.PENDING and info.reason == "BeginTime":
         return "requeued (node failure or preemption); Slurm holds it briefly before it runs again"
+    if info.state is JobState.PENDING and info.restarts and info.reason is None:
+        return "requeued (node failure or preemption); waiting to run again"  # the second before BeginTime is set
     if info.state is JobState.HELD:
         return (f"held by Slurm ({info.reason or 'held'}); release it: scontrol release {job_id} "
                 "(or pipeline submit --resume RUN)")

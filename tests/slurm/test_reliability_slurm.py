@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator import devcluster, state
+from orchestrator.merge import DISPUTED
 from orchestrator.scheduler.slurm import SlurmScheduler
 from orchestrator.spec import ClusterProfile
 from orchestrator.states import JobState
@@ -124,7 +125,11 @@ stages:
     # counts the restart; at the end the restart, its cause and time are still shown.
     pending = [line for _, line in seen if " PENDING " in line]
     running_again = [line for _, line in seen if " RUNNING " in line and "restart 1" in line]
-    assert pending and all("requeued" in line and "restart 1 (NODE_FAIL" in line for line in pending), seen
+    # In CI under load the controller requeues a second before slurmdbd records the NODE_FAIL: the cause may be
+    # missing from the first pending lines (accounting has not said it yet), never "requeued" and the count, and
+    # that lag is no "sources disagree" (slurm_parse.combine compares squeue's RestartCnt).
+    assert pending and all("requeued" in line and "restart 1" in line for line in pending), seen
+    assert any("restart 1 (NODE_FAIL" in line for line in pending) and not any(DISPUTED in l for _, l in seen), seen
     assert running_again and not any("BeginTime" in line for _, line in seen), seen
     assert "restart 1 (NODE_FAIL at" in seen[-1][1] and f"on {node}" in seen[-1][1], seen
     records = sorted((run_dir / "records" / "train").glob("*.json"))

@@ -2,7 +2,8 @@
 released by resume/rerun.
 
 The Slurm side is exercised through the backend's own parsers and its `combine` on rows in the exact formats
-`sacct -X -D -n -P -o JobIDRaw,State,ExitCode,NodeList,Start,End,Reason`, `squeue -h -o %i|%T|%r|%N|%S` and
+`sacct -X -D -n -P -o JobIDRaw,State,ExitCode,NodeList,Start,End,Reason`, `squeue -h -r -O JobArrayID:|,State:|,Reason:|,NodeList:|,StartTime:|,RestartCnt:` (rows without the last
+column read as restart 0) and
 `sinfo -h -N -o %N|%T|%E` print on Slurm 22.05 (seen on the dev cluster, tests/slurm/test_controller_crash.py);
 status and apply run against FakeScheduler, which stands in for the scheduler only.
 """
@@ -205,6 +206,38 @@ def test_running_in_accounting_but_held_in_the_controller_is_a_disagreement():
     assert got.state is S.HELD and got.extra[DISAGREEMENT] == "accounting says RUNNING but the controller shows it HELD"
     assert combine(["4"], sacct("4|PENDING|0:0|None assigned|Unknown|Unknown|None"),  # accounting lags a start
                    squeue("4|RUNNING|None|dev2|2026-12-01T10:00:00"))["4"].extra.get(DISAGREEMENT) is None
+
+
+def test_a_requeue_accounting_has_not_recorded_yet_is_no_disagreement():
+    """CI, under load: a node failure's requeue is at once in the controller (PENDING, RestartCnt 1) while slurmdbd
+    still has the job RUNNING. That is accounting lagging, not a controller reloaded from an older state: no
+    dispute, the restart counted, the lost node kept (its down-node note needs it) and the note says requeued.
+    The same rows with the controller's count unchanged are the older-state reload, still disputed."""
+    from orchestrator.scheduler.slurm_reasons import explained
+
+    acct = sacct("9|RUNNING|0:0|dev4|2026-12-01T10:00:00|Unknown|None")
+    got = explained(combine(["9"], acct, squeue("9|PENDING|None||2026-12-01T10:01:00|1"))["9"], "9")
+    assert DISAGREEMENT not in got.extra and got.state is S.PENDING and got.restarts == 1 and got.nodes == "dev4"
+    assert got.note == "requeued (node failure or preemption); waiting to run again"
+    older = combine(["9"], acct, squeue("9|PENDING|None||N/A|0"))["9"]
+    assert older.extra[DISAGREEMENT] == "accounting says RUNNING but the controller shows it PENDING"
+
+
+def test_accounting_alone_never_moves_a_seen_start_back_to_pending():
+    """CI, under load: slurmctld killed -9 a second after stage b started; slurmdbd had not heard of the start, so
+    accounting alone says PENDING. Status saw it RUNNING and keeps that, saying why; a restart accounting does
+    know of (requeued before the crash) is news and is shown."""
+    from orchestrator.merge import ACCOUNTING_BEHIND, merge
+    from orchestrator.state import Attempt
+
+    seen = Attempt(job_id="5", state=S.RUNNING, nodes="dev1", start="2026-12-01T10:00:00")
+    down = {CONTROLLER_DOWN: "Unable to contact slurm controller (connect failure)"}
+    got = merge(seen, JobInfo(S.PENDING, reason="Dependency", note="waiting for its dependencies", extra=down), None)
+    assert (got.state, got.nodes, got.start, got.reason) == (S.RUNNING, "dev1", "2026-12-01T10:00:00", ACCOUNTING_BEHIND)
+    requeued = merge(seen, JobInfo(S.PENDING, restarts=1, history=("NODE_FAIL at 10:00:09 on dev1",), extra=down), None)
+    assert requeued.state is S.PENDING and requeued.restarts == 1
+    with_ctld = merge(seen, JobInfo(S.PENDING, note="waiting for its dependencies"), None)
+    assert with_ctld.state is S.PENDING  # both sources answered: combine judged it (disputed or requeued)
 
 
 def test_a_held_job_accounting_calls_completed_is_not_released(run):

@@ -46,9 +46,10 @@ def test_parse_sacct_rows():
 
 
 def test_parse_squeue_rows():
-    rows = parse_squeue("201|PENDING|Dependency||N/A\n202|RUNNING|None|dev3|2026-11-22T10:00:00\n")
+    rows = parse_squeue("201|PENDING|Dependency||N/A|0\n202|RUNNING|None|dev3|2026-11-22T10:00:00|2\n")
     assert rows["201"].state is JobState.PENDING and rows["201"].reason == "Dependency"
     assert rows["202"].nodes == "dev3" and rows["202"].reason is None
+    assert (rows["201"].restarts, rows["202"].restarts) == (0, 2)  # RestartCnt, the last -O field
 
 
 def test_parse_sacct_duplicates_are_restarts():
@@ -64,9 +65,10 @@ def test_parse_sacct_duplicates_are_restarts():
 def test_running_job_never_shows_its_stale_pending_reason():
     from orchestrator.scheduler import JobInfo
     from orchestrator.state import Attempt
-    from orchestrator.status import _merge, restart_note
+    from orchestrator.merge import merge
+    from orchestrator.status import restart_note
 
-    merged = _merge(Attempt(job_id="301"), JobInfo(JobState.RUNNING, reason="BeginTime", restarts=1,
+    merged = merge(Attempt(job_id="301"), JobInfo(JobState.RUNNING, reason="BeginTime", restarts=1,
                                                    history=("NODE_FAIL at 09:12:03 on dev2",)), None)
     assert merged.reason is None and merged.exit_code is None
     assert restart_note(merged) == "restart 1 (NODE_FAIL at 09:12:03 on dev2)"
