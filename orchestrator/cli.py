@@ -24,6 +24,7 @@ from orchestrator.commands import (
     spec_path,
     status,
     submit,
+    upload_path,
     validate,
 )
 from orchestrator.commands import list as list_verb
@@ -58,7 +59,8 @@ def forward(args: argparse.Namespace) -> int | None:
     target = _target(args, file)
     if target is None:
         return None
-    uploads = loader.referenced_files(file) if file else None
+    upload = upload_path(args)
+    uploads = loader.referenced_files(upload) if upload else None
     return remote.forward(_remote_pipeline(args, target), args.forward_argv, uploads)
 
 

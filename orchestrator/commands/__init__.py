@@ -21,7 +21,7 @@ Run = Callable[[argparse.Namespace], int]
 
 def add_verb(sub: Subparsers, name: str, run: Run, help_text: str) -> argparse.ArgumentParser:
     parser = sub.add_parser(name, help=help_text, description=help_text)
-    parser.set_defaults(func=run, spec_file=False, spec=None)
+    parser.set_defaults(func=run, spec_file=False, spec=None, upload_arg=None)
     return parser
 
 
@@ -54,3 +54,10 @@ def spec_path(args: argparse.Namespace) -> Path | None:
     """The pipeline file of a verb that takes one (validate, render, submit), else None."""
     file: str | None = getattr(args, "file", None)
     return Path(file) if args.spec_file and file else None
+
+
+def upload_path(args: argparse.Namespace) -> Path | None:
+    """The pipeline file a forwarded command needs on the head node, uploaded with the files it references: the
+    verb's own, or the one its `upload_arg` option names (rerun --spec FILE)."""
+    named: str | None = getattr(args, args.upload_arg, None) if args.upload_arg else None
+    return spec_path(args) or (Path(named) if named else None)

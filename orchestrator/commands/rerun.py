@@ -25,6 +25,7 @@ def add_parser(sub: Subparsers) -> None:
     p.add_argument("--spec", dest="edited", metavar="FILE",
                    help="re-plan from this edited pipeline file: stages whose key changed (and their dependents) "
                         "run again, the others keep their results")
+    p.set_defaults(upload_arg="edited")  # forwarded (--host): FILE and the files it references go up with it
     add_set_flag(p)  # without --spec: re-plan from the file the run's newest spec came from, with these changes
     add_cache_flags(p)
     p.add_argument("--wait", action="store_true")

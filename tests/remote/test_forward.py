@@ -98,6 +98,19 @@ def test_validate_and_render_upload_spec_and_data(
     assert str(newest / "data" / "train.jsonl") in rendered
 
 
+def wait_remote(target: Target, run_id: str, capfd: pytest.CaptureFixture[str], timeout: float = 120) -> dict[str, str]:
+    """Poll `pipeline status RUN --json` over SSH until every stage has ended: stage -> state."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert forward(target, ["status", run_id, "--json"]) == 0
+        text = capfd.readouterr().out
+        states = {name: stage["state"] for name, stage in json.loads(text)["stages"].items()}
+        if all(s in ("COMPLETED", "FAILED", "CANCELLED") for s in states.values()):
+            return states
+        assert time.monotonic() < deadline, text
+        time.sleep(0.5)
+
+
 def test_submit_status_logs_through_forwarding(
         sshd: SshServer, tmp_path: Path, write_spec: Callable[..., Path], capfd: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "inputs").mkdir()
@@ -111,16 +124,8 @@ def test_submit_status_logs_through_forwarding(
     run_id = capfd.readouterr().out.strip().splitlines()[-1]
     assert run_id.startswith("remote-chain-")
 
-    deadline = time.monotonic() + 120
-    while True:
-        assert forward(target, ["status", run_id, "--json"]) == 0
-        text = capfd.readouterr().out
-        states = {name: stage["state"] for name, stage in json.loads(text)["stages"].items()}
-        if all(s in ("COMPLETED", "FAILED", "CANCELLED") for s in states.values()):
-            break
-        assert time.monotonic() < deadline, text
-        time.sleep(0.5)
-    assert states == {"one": "COMPLETED", "two": "COMPLETED", "three": "COMPLETED"}, text
+    states = wait_remote(target, run_id, capfd)
+    assert states == {"one": "COMPLETED", "two": "COMPLETED", "three": "COMPLETED"}
 
     assert forward(target, ["status", run_id]) == 0
     table = capfd.readouterr().out
@@ -134,6 +139,38 @@ def test_submit_status_logs_through_forwarding(
     assert (Path(os.environ["PIPELINE_HOME"]) / "index").exists()
     [upload] = set(uploaded_dirs(sshd)) - before
     assert (upload / "inputs" / "words.txt").read_text() == "uploaded words\n"
+
+
+def test_rerun_spec_uploads_the_edited_file(sshd: SshServer, tmp_path: Path, write_spec: Callable[..., Path],
+                                           capfd: pytest.CaptureFixture[str]) -> None:
+    """`pipeline --host H rerun RUN --spec edited.yaml`: the CLI uploads FILE (and what it references) and the head
+    node re-plans from the uploaded copy. Before, only validate/render/submit uploaded their file, so the remote
+    rerun was handed a path of this machine (here the "head node" is this machine, hence the check on where the
+    run says its spec came from)."""
+    from orchestrator import cli, state
+    from orchestrator.commands import upload_path
+
+    chain = 'name: edit\ncluster: local\nstages:\n  - {name: a, kind: command, run: "echo a"}\n' \
+            '  - {name: b, kind: command, run: "echo %s"}\n'
+    spec = write_spec(chain % "first")
+    target = sshd.target()
+    assert forward(target, ["submit", str(spec)], referenced_files(spec)) == 0
+    run_id = capfd.readouterr().out.strip().splitlines()[-1]
+    assert wait_remote(target, run_id, capfd) == {"a": "COMPLETED", "b": "COMPLETED"}
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(chain % "second", encoding="utf-8")
+    argv = ["rerun", run_id, "--spec", str(edited)]
+    upload = upload_path(cli.build_parser().parse_args(argv))
+    assert upload == edited
+    assert forward(target, argv, referenced_files(upload)) == 0
+    replanned = capfd.readouterr()
+    assert f"b: {run_id}/" in replanned.out and "(spec 2;" in replanned.out, replanned
+    assert wait_remote(target, run_id, capfd) == {"a": "COMPLETED", "b": "COMPLETED"}
+    saved = state.Store(state.find_run(run_id)).read()
+    assert saved.spec_version == 2 and Path(saved.spec_source).is_relative_to(sshd.dir / "uploads"), saved.spec_source
+    assert Path(saved.spec_source).read_text(encoding="utf-8") == edited.read_text(encoding="utf-8")
+    assert forward(target, ["logs", run_id, "b"]) == 0
+    assert "second" in capfd.readouterr().out
 
 
 def test_remote_command_quotes_every_word() -> None:
