@@ -16,12 +16,11 @@ from __future__ import annotations
 import json
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from submit_chain import PIPELINE, REPO, sh, workspace  # noqa: E402  (the sibling bench's cluster helpers)
+from submit_chain import PIPELINE, REPO, accounted, sh, span_s, workspace  # noqa: E402  (the sibling bench's cluster helpers)
 
 WORK_S = {"create_env": 4, "download": 6, "compile": 8, "finetune": 5, "merge": 2, "evaluate": 2, "inference": 1}
 SPEC = """name: cachebench
@@ -68,18 +67,12 @@ def submit_and_wait(spec: Path, *flags: str) -> dict[str, Any]:
 
 
 def usage(job_ids: list[str]) -> dict[str, float]:
-    """Node-seconds and makespan of the jobs, from sacct (one row per job: -X)."""
+    """Node-seconds (ElapsedRaw x NNodes) and makespan of the jobs, from sacct."""
     if not job_ids:
         return {"node_seconds": 0.0, "makespan_s": 0.0}
-    for _ in range(30):  # slurmdbd may lag the controller by a moment
-        rows = [r.split("|") for r in sh(["sacct", "-X", "-n", "-P", "-o", "JobIDRaw,ElapsedRaw,NNodes,Start,End",
-                                          "-j", ",".join(job_ids)]).split()]
-        if len(rows) == len(job_ids) and all(r[4] not in ("Unknown", "") for r in rows):
-            break
-        time.sleep(1)
-    node_s = sum(int(r[1]) * int(r[2]) for r in rows)
-    span = max(datetime.fromisoformat(r[4]) for r in rows) - min(datetime.fromisoformat(r[3]) for r in rows)
-    return {"node_seconds": float(node_s), "makespan_s": span.total_seconds()}
+    rows = accounted(job_ids)
+    return {"node_seconds": float(sum(int(r["ElapsedRaw"]) * int(r["NNodes"]) for r in rows)),
+            "makespan_s": span_s(rows)}
 
 
 def main() -> int:

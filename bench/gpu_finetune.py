@@ -14,8 +14,11 @@ tokens per optimizer step / step time); peak memory is rank 0's torch.cuda.max_m
 final/train_state.json; MFU = model FLOPs per second / (GPUs x peak dense bf16 FLOP/s of the GPU). Model FLOPs
 per token (PaLM, Chowdhery et al. 2022, appendix B): 6·N + 12·L·h·s for full training, where N counts the
 matmul weights (decoder layers and lm_head); with LoRA the frozen base gets no weight gradients, so 4·N + 12·L·h·s
-(LoRA's own matmuls are below 1 % here and left out). Recomputation (gradient checkpointing) is not counted:
-this is MFU, not hardware FLOPs utilisation.
+(LoRA's own matmuls are below 1 % here and left out). The lm_head's share is counted only on the positions the
+stage runs it on: stages/answer_head.py applies it at labelled (answer) positions alone, and metrics.jsonl
+records each step's tokens and labelled_tokens (rank 0's), so crediting it at every position would overstate
+the stage's FLOPs (by ~15 % on the demo data; bench/finetune.py counts the same way). Recomputation (gradient
+checkpointing) is not counted: this is MFU, not hardware FLOPs utilisation.
 """
 
 from __future__ import annotations
@@ -67,12 +70,13 @@ def peak_flops(device_name: str) -> float | None:
     return next((flops for key, flops in PEAK_BF16 if key in device_name), None)
 
 
-def flops_per_token(config: dict[str, int], seq_len: int, method: str) -> float:
+def flops_per_token(config: dict[str, int], seq_len: int, method: str, head_fraction: float = 1.0) -> float:
     h, layers, vocab = config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]
     i = config["intermediate_size"]
     heads = config["num_attention_heads"]
     kv = config.get("num_key_value_heads", heads) * config.get("head_dim", h // heads)
-    matmul = layers * (2 * h * h + 2 * h * kv + 3 * h * i) + vocab * h  # q,o + k,v + gate,up,down; lm_head
+    # q,o + k,v + gate,up,down; the lm_head on the labelled positions only (stages/answer_head.py)
+    matmul = layers * (2 * h * h + 2 * h * kv + 3 * h * i) + head_fraction * vocab * h
     per_weight = 6 if method == "full" else 4
     return per_weight * matmul + 12 * layers * h * seq_len
 
@@ -116,9 +120,11 @@ def bench(cfg: Config, model: Path, out: Path, gpus: int, args: argparse.Namespa
             "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len), "--lr", "1e-4",
             "--target-modules", TARGETS, *(["--fsdp"] if cfg.fsdp else [])]
     run(argv, {"OMP_NUM_THREADS": "4"})
-    rates = [json.loads(line)["tokens_per_s"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    measured = steps[args.warmup:] or steps
     state = json.loads((out / "final" / "train_state.json").read_text())
-    return {"tokens_per_s": statistics.median(rates[args.warmup:] or rates),
+    return {"tokens_per_s": statistics.median(s["tokens_per_s"] for s in measured),
+            "head_fraction": sum(s["labelled_tokens"] for s in measured) / sum(s["tokens"] for s in measured),
             "peak_gib": (state.get("peak_device_memory_bytes") or 0) / 1024**3}
 
 
@@ -139,8 +145,7 @@ def main() -> int:
     gpus, name = refuse_without_cuda()
     peak = args.peak_tflops * 1e12 if args.peak_tflops else peak_flops(name)
     model = model_dir(args.cache)
-    per_token = {m: flops_per_token(json.loads((model / "config.json").read_text()), args.seq_len, m)
-                 for m in ("lora", "qlora", "full")}
+    config = json.loads((model / "config.json").read_text())
     print(f"{gpus} x {name}; SmolLM2-135M bf16; batch {args.batch_size} x {args.seq_len} tokens per GPU; "
           f"{args.steps} steps (median after {args.warmup})")
     print(f"{'config':16} {'GPUs':>4} {'tokens/s':>10} {'peak GiB':>9} {'MFU':>6}")
@@ -156,7 +161,8 @@ def main() -> int:
             continue
         finally:
             shutil.rmtree(out, ignore_errors=True)
-        util = f"{100 * mfu(r['tokens_per_s'], per_token[cfg.method], gpus, peak):5.1f}%" if peak else "   n/a"
+        per_token = flops_per_token(config, args.seq_len, cfg.method, r["head_fraction"])
+        util = f"{100 * mfu(r['tokens_per_s'], per_token, gpus, peak):5.1f}%" if peak else "   n/a"
         print(f"{cname:16} {gpus:>4} {r['tokens_per_s']:>10,.0f} {r['peak_gib']:>9.2f} {util:>6}")
     return 1 if failed else 0
 

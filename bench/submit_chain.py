@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -57,20 +58,33 @@ def pipeline_chain(spec: Path) -> tuple[float, list[str]]:
     return elapsed, [s["attempts"][-1]["job_id"] for s in data["stages"].values()]
 
 
-def makespan(job_ids: list[str], timeout: float = 300.0) -> float:
+def accounted(job_ids: list[str], timeout: float = 300.0) -> list[dict[str, str]]:
+    """sacct's row of each job (-X: allocations only) once every one COMPLETED with its Start and End recorded
+    (slurmdbd is updated after the controller); exits on a failed job or after timeout. The one sacct poller of
+    the benches: makespan here and in sweep.py, node-seconds in cache.py."""
+    fields = ("JobIDRaw", "State", "ElapsedRaw", "NNodes", "Start", "End")
     deadline = time.time() + timeout
     while True:
-        rows = sh(["sacct", "-X", "-n", "-P", "-o", "JobIDRaw,State,Start,End", "-j", ",".join(job_ids)]).split()
-        states = [r.split("|") for r in rows]
-        if len(states) == len(job_ids) and all(s[1] == "COMPLETED" for s in states):
-            starts = [datetime.fromisoformat(s[2]) for s in states]
-            ends = [datetime.fromisoformat(s[3]) for s in states]
-            return (max(ends) - min(starts)).total_seconds()
-        if any(s[1] not in ("PENDING", "RUNNING", "COMPLETED", "COMPLETING") for s in states):
-            raise SystemExit(f"a benchmark job failed: {states}")
+        out = sh(["sacct", "-X", "-n", "-P", "-o", ",".join(fields), "-j", ",".join(job_ids)])
+        rows = [dict(zip(fields, line.split("|"))) for line in out.split()]
+        if len(rows) == len(job_ids) and all(r["State"] == "COMPLETED" and r["End"] not in ("", "Unknown")
+                                             for r in rows):
+            return rows
+        if any(r["State"] not in ("PENDING", "RUNNING", "COMPLETED", "COMPLETING") for r in rows):
+            raise SystemExit(f"a benchmark job failed: {rows}")
         if time.time() > deadline:
-            raise SystemExit(f"benchmark chain did not finish in {timeout:.0f} s")
+            raise SystemExit(f"benchmark jobs did not finish in {timeout:.0f} s: {rows}")
         time.sleep(1)
+
+
+def span_s(rows: list[dict[str, str]]) -> float:
+    """First start to last end, in seconds."""
+    starts = [datetime.fromisoformat(r["Start"]) for r in rows]
+    return (max(datetime.fromisoformat(r["End"]) for r in rows) - min(starts)).total_seconds()
+
+
+def makespan(job_ids: list[str], timeout: float = 300.0) -> float:
+    return span_s(accounted(job_ids, timeout))
 
 
 def _count(text: str, types: tuple[str, ...]) -> int:
@@ -110,21 +124,30 @@ def status_rpcs(spec: Path, runs: int) -> dict[str, int]:
     return result
 
 
-def ensure_cluster() -> None:
-    """Use the cluster SLURM_CONF points at, else boot the test cluster (as root) for this benchmark."""
-    if not os.environ.get("SLURM_CONF"):
-        sys.path.insert(0, str(REPO))
-        from orchestrator import devcluster
+@contextlib.contextmanager
+def cluster() -> Iterator[None]:
+    """The cluster SLURM_CONF points at, else the test cluster booted (as root) for this benchmark and stopped
+    after it, daemons and folder."""
+    if os.environ.get("SLURM_CONF"):
+        yield
+        return
+    sys.path.insert(0, str(REPO))
+    from orchestrator import devcluster
 
-        cluster = devcluster.up(Path(tempfile.mkdtemp(prefix="bench-slurm-")))
-        os.environ.update(cluster.env())
+    booted = devcluster.up(Path(tempfile.mkdtemp(prefix="bench-slurm-")))
+    os.environ.update(booted.env())
+    try:
+        yield
+    finally:
+        devcluster.down(booted.workdir)
+        shutil.rmtree(booted.workdir, ignore_errors=True)
+        os.environ.pop("SLURM_CONF", None)
 
 
 @contextlib.contextmanager
 def workspace(text: str, name: str = "bench.yaml") -> Iterator[tuple[Path, Path]]:
-    """The test cluster up, a throwaway PIPELINE_HOME, and the benchmark's spec written: (folder, spec path)."""
-    ensure_cluster()
-    with tempfile.TemporaryDirectory() as tmp:
+    """The cluster up, a throwaway PIPELINE_HOME, and the benchmark's spec written: (folder, spec path)."""
+    with cluster(), tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         os.environ["PIPELINE_HOME"] = str(work / "home")
         spec = work / name
