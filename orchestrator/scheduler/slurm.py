@@ -56,8 +56,8 @@ from orchestrator.state import RunPaths
 # JobID, not JobIDRaw: an array task is `<array id>_<task>` there (JobIDRaw is each task's own number), the id
 # sbatch --parsable gave and the one our state records; for a plain job both are the same.
 SACCT_FIELDS = "JobID,State,ExitCode,NodeList,Start,End,Reason"
-# squeue(1) -O "type[:[.][size][suffix]]": a field with a suffix and no size is printed whole (22.05, seen on the
-# test cluster). -O because the restart count has no -o letter: a requeue the controller has done and slurmdbd has
+# squeue(1) -O "type[:[.][size][suffix]]": after the colon a missing size is 0, printed whole, neither padded nor
+# cut (SchedMD/slurm src/squeue/opts.c _parse_long_token; seen on the 22.05 test cluster), and "|" is the suffix. -O because the restart count has no -o letter: a requeue the controller has done and slurmdbd has
 # not recorded yet is told apart from a controller that reloaded an older state (slurm_parse.combine). JobArrayID
 # prints `123_4` as -o %i does; with -r (--array) one line per array task, never `123_[0-7]`.
 SQUEUE_FIELDS = "JobArrayID:|,State:|,Reason:|,NodeList:|,StartTime:|,RestartCnt:"
@@ -153,9 +153,11 @@ class SlurmScheduler:
             out += acct.stdout if acct.returncode == 0 else ""
         for line in out.splitlines():
             job_id, _, name = line.partition("|")
+            # `123` or an array task `123_4` (squeue -r prints one line per task); sacct's `123_[0-3]` of a
+            # pending array is skipped, squeue has its tasks one by one
             if name in names and job_id.replace("_", "", 1).isdigit():
                 found.setdefault(names[name], set()).add(job_id)
-        return {stage: sorted(ids, key=int) for stage, ids in found.items()}
+        return {stage: sorted(ids, key=_submission_order) for stage, ids in found.items()}
 
     def query(self, job_ids: Sequence[str]) -> dict[str, JobInfo]:
         """Each job's state, with a note saying what its Slurm reason means (slurm_reasons.py)."""
@@ -238,6 +240,12 @@ class SlurmScheduler:
         out = proc.run(["sacct", "-n", "-P", "-o", USAGE_FIELDS, "-j", ",".join(job_ids)], timeout=QUERY_TIMEOUT_S,
                        hint="the report's resource table needs Slurm accounting (slurmdbd)")
         return parse_usage(out.stdout)
+
+
+def _submission_order(job_id: str) -> tuple[int, int]:
+    """`123` -> (123, -1), `123_4` -> (123, 4): oldest first, an array's tasks in task order."""
+    job, _, task = job_id.partition("_")
+    return int(job), int(task) if task else -1
 
 
 def _first_error(message: str) -> str:
