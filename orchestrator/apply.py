@@ -151,11 +151,19 @@ def _dependency_ids(state: RunState, plan: Plan, name: str, submitted: dict[str,
     return [job_id for job_id in found if job_id is not None]
 
 
-def adopt_orphans(store: Store, scheduler: Scheduler) -> dict[str, str]:
+def adopt_orphans(store: Store, scheduler: Scheduler, notes: list[str] | None = None) -> dict[str, str]:
     """Record jobs the scheduler holds for this run but the state file does not (a submit killed between
-    sbatch and the state write): they become the stage's latest attempt instead of being submitted twice."""
+    sbatch and the state write): they become the stage's latest attempt instead of being submitted twice.
+    A sweep's job array, tagged with its base stage, is cancelled instead (arrays.withdraw_unrecorded says why);
+    its lines go to `notes`."""
+    from orchestrator import arrays  # late, as in submit_stages
+
     state = store.read()
-    tagged = scheduler.find_tagged(store.paths.root, state.run_id, list(state.stages))
+    bases = arrays.array_tags(state)  # none unless the run is a sweep
+    tagged = scheduler.find_tagged(store.paths.root, state.run_id, list(state.stages) + bases)
+    if bases:
+        lines = arrays.withdraw_unrecorded(store, scheduler, {b: tagged.pop(b, []) for b in bases})
+        (notes if notes is not None else []).extend(lines)
     adopted: dict[str, str] = {}
     with store.update() as fresh:
         for stage, ids in tagged.items():
@@ -170,8 +178,9 @@ def adopt_orphans(store: Store, scheduler: Scheduler) -> dict[str, str]:
 def resume(store: Store, plan: Plan, scheduler: Scheduler) -> list[str]:
     """Finish an interrupted submission: adopt tagged jobs, repair or replace any that cannot run, submit stages
     that never got one, release all. Returns one line per thing it did besides that (for the user)."""
-    adopt_orphans(store, scheduler)
-    notes, broken = [], set()
+    notes: list[str] = []
+    adopt_orphans(store, scheduler, notes)
+    broken: set[str] = set()
     for name, stage in store.read().stages.items():
         if stage.current is None or stage.state is not JobState.PENDING:
             continue

@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from orchestrator import dag
 from orchestrator import state as statelib
 from orchestrator.deps import dependency_id
+from orchestrator.errors import PipelineError
 from orchestrator.plan import Plan
 from orchestrator.scheduler import ArrayRequest, Scheduler, SubmitRequest
 from orchestrator.state import Attempt, RunState, Store
+from orchestrator.sweep import split_name
 
 
 @dataclass(frozen=True)
@@ -102,14 +104,57 @@ def _array(store: Store, plan: Plan, scheduler: Scheduler, current: RunState, ba
         run_dir=store.paths.root, run_id=current.run_id, stage=base, tasks=chunk, resources=first.resources,
         after=tuple(dict.fromkeys(after)), corr=tuple(corr), hold=True, retries=first.retries,
         throttle=plan.throttle))
+    # Test-only: the Slurm executor's `sbatch-accepted` point (slurm_submit._executor) misses arrays, which
+    # submitit 1.5.4 map_array sends through a plain SlurmExecutor copy (slurm/slurm.py, `array_ex`).
+    statelib.faultpoint("array-accepted", base)
     arrays.add(chunk)
     _record(store, dict(zip(chunk, ids)), submitted, spec_version)
 
 
 def _record(store: Store, jobs: dict[str, str], submitted: dict[str, str], spec_version: int | None) -> None:
-    submitted.update(jobs)
     with store.update() as state:
         for name, job_id in jobs.items():
             state.stages[name].attempts.append(Attempt(job_id=job_id, spec_version=spec_version))
+    submitted.update(jobs)  # after the write: only recorded jobs are released (what withdraw_unrecorded relies on)
     for name in jobs:
         statelib.faultpoint("recorded", name)
+
+
+def array_tags(state: RunState) -> list[str]:
+    """The tags a sweep's job arrays carry besides the stage names: each base stage of a per-variant stage
+    (slurm_submit.job_name of ArrayRequest.stage)."""
+    return sorted({base for base, variant in map(split_name, state.stages) if variant is not None})
+
+
+def withdraw_unrecorded(store: Store, scheduler: Scheduler, found: dict[str, list[str]]) -> list[str]:
+    """Cancel the job arrays found by tag (`found`: base stage -> task ids) of which the state records no task:
+    sbatch accepted them, then the submit died before `_record` (one state write per array, so an array is
+    recorded whole or not at all). Returns one line per array cancelled.
+
+    Cancel, not adopt: such an array never ran. Every job a submit sends is held (sbatch(1) --hold) and released
+    only at the end, and only once recorded (`_record` writes the state first); a SIGKILL skips the release.
+    Adopting it would mean knowing which variant task i runs: submitit 1.5.4 (slurm/slurm.py
+    SlurmExecutor._internal_process_submissions) dumps one <uuid>.pkl per task and moves them to submitit/<A>_<i>/
+    only after sbatch returns, so a kill in between leaves the order nowhere on disk, and the chunk would have to
+    be recomputed from a MaxArraySize that may have changed since. scancel(1) of a job that never started only
+    ends its queue entry (CANCELLED); resume then submits the stages as if the array had never been sent.
+    """
+    state = store.read()
+    recorded = {a.job_id.partition("_")[0] for s in state.stages.values() for a in s.attempts}
+    orphans: dict[tuple[str, str], list[str]] = {}  # (base stage, array id) -> its task ids
+    for base, ids in found.items():
+        for job_id in ids:
+            if job_id.partition("_")[0] not in recorded:
+                orphans.setdefault((base, job_id.partition("_")[0]), []).append(job_id)
+    every = [j for ids in orphans.values() for j in ids]
+    if not every:
+        return []
+    try:
+        known = scheduler.query(every)
+        live = {j for j in every if j not in known or known[j].state.active}
+    except PipelineError:
+        live = set(every)  # cannot tell: scancel of an ended job is harmless (Scheduler contract 3)
+    scheduler.cancel([j for j in every if j in live])
+    return [f"stage {base}: job array {array} ({len(ids)} tasks) was accepted by sbatch but never recorded (the "
+            f"submit was interrupted): cancelled; its stages count as not submitted"
+            for (base, array), ids in orphans.items() if any(j in live for j in ids)]

@@ -86,10 +86,13 @@ class FakeScheduler:
                 self.jobs[job_id] = JobInfo(JobState.CANCELLED)
 
     def find_tagged(self, run_dir: object, run_id: str, stages: Sequence[str]) -> dict[str, list[str]]:
+        """By tag, as Slurm's job name: a job array's tasks carry its base stage's name (ArrayRequest.stage)."""
         found: dict[str, list[str]] = {}
         for job_id, request in self.requests.items():
-            if request.run_id == run_id and request.stage in stages:
-                found.setdefault(request.stage, []).append(job_id)
+            array = self.arrays.get(job_id.partition("_")[0]) if "_" in job_id else None
+            tag = array.stage if array is not None else request.stage
+            if request.run_id == run_id and tag in stages:
+                found.setdefault(tag, []).append(job_id)
         return found
 
     def repair(self, run_dir: object, stage: str, job_id: str) -> tuple[bool, str | None]:

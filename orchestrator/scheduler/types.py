@@ -112,7 +112,9 @@ class Scheduler(Protocol):
     def cancel(self, job_ids: Sequence[str]) -> None: ...
 
     def find_tagged(self, run_dir: Path, run_id: str, stages: Sequence[str]) -> dict[str, list[str]]:
-        """Job ids the scheduler holds for each stage of this run, found by tag (after a crash), oldest first."""
+        """Job ids the scheduler holds for each tag of this run (after a crash), oldest first. A tag is a stage name;
+        a job array is tagged with its base stage (ArrayRequest.stage), so callers ask for those too
+        (arrays.array_tags); Slurm: one id per array task, `<array id>_<task>`."""
         ...
 
     def repair(self, run_dir: Path, stage: str, job_id: str) -> tuple[bool, str | None]:
