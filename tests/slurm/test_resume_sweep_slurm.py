@@ -82,3 +82,21 @@ def test_resume_after_kill_between_array_sbatch_and_record(slurm_cluster, write_
     assert queued(run_dir.name) == jobs
     merged = [(run_dir / "work" / "variants" / f"v{i}" / "merged.txt").read_text() for i in range(3)]
     assert merged == ["1\n", "2\n", "3\n"]
+
+
+def test_resume_after_kill_once_an_array_is_recorded(slurm_cluster, write_spec, pipeline_home):
+    """Killed right after the finetune array's state write, before the release: the array is the stages'
+    attempt, held. Resume releases it (`scontrol release <array id>`) and submits merge once per variant."""
+    killed = _cli("submit", str(write_spec(SPEC)), env={state.FAULT_ENV: "recorded:finetune@v0:kill"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    [run_dir] = [p for p in (pipeline_home / "runs").iterdir() if not p.name.startswith(".")]
+    before = {n: s.current.job_id for n, s in state.Store(run_dir).read().stages.items() if s.current}
+    assert sorted(before) == ["download", "finetune@v0", "finetune@v1", "finetune@v2"]
+    resumed = _cli("submit", "--resume", run_dir.name)
+    assert resumed.returncode == 0 and "job array" not in resumed.stderr, resumed.stderr
+    assert wait_terminal(run_dir, timeout=180) == {n: S.COMPLETED for n in ["download", *VARIANT_STAGES]}
+    saved = state.Store(run_dir).read()
+    assert all(saved.stages[n].current.job_id == j for n, j in before.items())
+    assert all(len(s.attempts) == 1 for s in saved.stages.values())
+    assert {j: st for j, (_, st) in queued(run_dir.name).items()} == {
+        s.current.job_id: "COMPLETED" for s in saved.stages.values()}

@@ -6,6 +6,8 @@ nothing more (its release never happens, as with SIGKILL)."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from orchestrator import apply, arrays, loader, plan
@@ -123,3 +125,24 @@ def test_resume_still_adopts_a_single_variant_job(run, monkeypatch):
 def test_array_tags_are_the_base_stages_of_variant_stages(run):
     store, _, _ = run
     assert arrays.array_tags(store.read()) == ["finetune", "merge"]
+
+
+def test_slurm_find_tagged_orders_array_tasks_oldest_first(tmp_path, monkeypatch):
+    """SlurmScheduler.find_tagged over array task ids. squeue and sacct are stand-ins here (scripts on PATH that
+    print rows as Slurm 22.05 prints `squeue -h -r -o %i|%j` and `sacct -X -n -P -o JobID,JobName`: one line per
+    task, and sacct's `12_[0-2]` for a pending array); the real ones run in tests/slurm/test_resume_sweep_slurm.py.
+    The old sort was key=int, which Python reads `9_100` as 9100 (PEP 515 digit separators): array 10 came before
+    array 9's tasks 99 and 100, so the oldest was not first."""
+    from orchestrator.scheduler.slurm import SlurmScheduler
+    from orchestrator.spec import ClusterProfile
+
+    rows = {"squeue": "9_100|r.finetune\n10_1|r.finetune\n9_99|r.finetune\n11|r.finetune@v3\n7|other.finetune\n",
+            "sacct": "9_99|r.finetune\n12_[0-2]|r.finetune\n"}
+    for tool, out in rows.items():
+        script = tmp_path / tool
+        script.write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path}/{tool}.argv\nprintf '{out}'\n")
+        script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    found = SlurmScheduler(None, ClusterProfile(name="dev")).find_tagged(tmp_path, "r", ["finetune@v3", "finetune"])
+    assert found == {"finetune": ["9_99", "9_100", "10_1"], "finetune@v3": ["11"]}
+    assert "--name r.finetune@v3,r.finetune" in (tmp_path / "squeue.argv").read_text()
