@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from orchestrator import dag, manifest
+from orchestrator import arrays, dag, manifest
 from orchestrator.apply import adopt_orphans, release_holds, submit_stages
 from orchestrator.errors import PipelineError
 from orchestrator.merge import CANCEL_REQUESTED
@@ -15,6 +15,7 @@ from orchestrator.plan import Plan
 from orchestrator.scheduler import Scheduler
 from orchestrator.state import RunState, Store
 from orchestrator.states import JobState
+from orchestrator.sweep import split_name
 
 
 def select_rerun(state: RunState, plan: Plan, stage: str | None, from_stage: str | None) -> set[str]:
@@ -48,7 +49,7 @@ def rerun(store: Store, plan: Plan, scheduler: Scheduler, stage: str | None = No
 
         status.refresh([store.paths.root], {status.group_key(store.read(), store.paths.root): scheduler})
     state = store.read()
-    if adopt_orphans(store, scheduler):
+    if adopt_orphans(store, scheduler, notes):
         from orchestrator import status  # late: status imports scheduler plumbing
 
         status.refresh([store.paths.root], {status.group_key(state, store.paths.root): scheduler})
@@ -99,8 +100,7 @@ def cancel(store: Store, plan: Plan, scheduler: Scheduler, stage: str | None = N
     recorded = [a for n, s in state.stages.items() if n in names for a in s.attempts]
     ended = {a.job_id for a in recorded if a.state.terminal}
     candidates = [a.job_id for a in recorded if not a.state.terminal]
-    for ids in scheduler.find_tagged(store.paths.root, state.run_id, sorted(names)).values():
-        candidates += [j for j in ids if j not in ended and j not in candidates]
+    candidates += _tagged(store, scheduler, state, names, ended | set(candidates))
     ids = _live(scheduler, candidates)
     if ids:
         scheduler.cancel(ids)
@@ -110,6 +110,20 @@ def cancel(store: Store, plan: Plan, scheduler: Scheduler, stage: str | None = N
                     if attempt.job_id in ids:
                         attempt.reason = CANCEL_REQUESTED
     return ids
+
+
+def _tagged(store: Store, scheduler: Scheduler, state: RunState, names: Collection[str], seen: set[str]) -> list[str]:
+    """Jobs tagged with the stages' names that the state does not list as ended or live: a duplicate, a job a
+    killed submit never recorded. A sweep's array carries its base stage's tag (arrays.array_tags) and holds every
+    variant's task: of those, only tasks no stage records (an array the state never recorded: held, never ran), so
+    cancelling one variant leaves the other variants' tasks alone."""
+    bases = [b for b in arrays.array_tags(state) if any(split_name(n)[0] == b for n in names)]
+    known = {a.job_id for s in state.stages.values() for a in s.attempts}
+    found: list[str] = []
+    for tag, ids in scheduler.find_tagged(store.paths.root, state.run_id, sorted(names) + bases).items():
+        skip = seen | known if tag in bases and tag not in names else seen
+        found += [j for j in ids if j not in skip and j not in found]
+    return found
 
 
 def _live(scheduler: Scheduler, candidates: list[str]) -> list[str]:

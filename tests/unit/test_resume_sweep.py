@@ -146,3 +146,22 @@ def test_slurm_find_tagged_orders_array_tasks_oldest_first(tmp_path, monkeypatch
     found = SlurmScheduler(None, ClusterProfile(name="dev")).find_tagged(tmp_path, "r", ["finetune@v3", "finetune"])
     assert found == {"finetune": ["9_99", "9_100", "10_1"], "finetune@v3": ["11"]}
     assert "--name r.finetune@v3,r.finetune" in (tmp_path / "squeue.argv").read_text()
+
+
+def test_cancel_finds_an_unrecorded_array_and_spares_other_variants(run, monkeypatch):
+    """`pipeline cancel` of a sweep killed mid-array: the unrecorded finetune array (tagged `finetune`, held forever
+    otherwise) is cancelled with any cancel that reaches its stage (it holds no variant's work: never recorded,
+    never run); the old code asked find_tagged for the variant stage names only. The recorded finetune array's
+    other tasks carry the same `finetune` tag but belong to other variants: cancelling variant 1 spares them."""
+    from orchestrator import rerun_cancel
+
+    store, built, fake = run
+    killed_submit(store, built, fake, monkeypatch, "array-accepted", "merge")
+    (orphan,) = [a for a, r in fake.arrays.items() if r.stage == "merge"]
+    state = store.read()
+    finetunes = [state.stages[f"finetune@v{i}"].current.job_id for i in range(4)]
+    orphan_tasks = [f"{orphan}_{i}" for i in range(4)]
+    assert rerun_cancel.cancel(store, built, fake, "finetune@v1") == [finetunes[1], *orphan_tasks]
+    assert not any(fake.jobs[j].state.terminal for j in finetunes[:1] + finetunes[2:])
+    assert sorted(rerun_cancel.cancel(store, built, fake)) == sorted(
+        [state.stages["download"].current.job_id, finetunes[0], *finetunes[2:]])
