@@ -7,6 +7,7 @@ import subprocess
 import pytest
 
 from orchestrator import daemons, devcluster
+from tests.helpers import wait_accounted
 
 pytestmark = pytest.mark.slurm
 
@@ -25,6 +26,9 @@ def test_four_idle_nodes_and_a_two_node_job(slurm_cluster):
 
 def test_sacct_with_and_without_accounting(slurm_cluster):
     job = run("sbatch", "--parsable", "--wait", "--wrap", "true").stdout.strip()
+    # sbatch --wait returns when the controller says the job ended; slurmdbd hears of it a moment later (in CI
+    # under load, seconds): wait for accounting to record the end, then check what it says.
+    assert wait_accounted([job]) == {job: "COMPLETED"}
     acct = run("sacct", "-X", "-n", "-P", "-o", "JobIDRaw,State", "-j", job)
     assert f"{job}|COMPLETED" in acct.stdout
     off = run("sacct", "-X", "-n", "-j", job, conf=slurm_cluster.conf_without_accounting)

@@ -125,8 +125,10 @@ def test_status_without_accounting(slurm_cluster, write_spec, monkeypatch):
 
 def test_one_batched_query_for_many_runs(slurm_cluster, write_spec):
     runs = []
+    # a must still be live at the refresh below, after three submits and slurmdbd catching up: on a loaded 2-core
+    # CI machine that can come near the old `sleep 20`. It is cancelled at the end, so a longer sleep costs nothing.
     for i in range(3):
-        run_cli("submit", str(write_spec(chain('  - {name: a, kind: command, run: "sleep 20"}\n'
+        run_cli("submit", str(write_spec(chain('  - {name: a, kind: command, run: "sleep 300"}\n'
                                                '  - {name: b, kind: command, run: "true"}\n', f"batch{i}"),
                                          f"b{i}.yaml")))
         runs.append(latest_run())

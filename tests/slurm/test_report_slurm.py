@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from orchestrator import proc, report
+from orchestrator import proc, report, state
 from orchestrator.scheduler.slurm import USAGE_FIELDS
-from tests.helpers import latest_run, run_cli, wait_terminal
+from tests.helpers import latest_run, run_cli, wait_accounted, wait_terminal
 from tests.report.test_notify import Hook, hook, secret_file  # noqa: F401 (the loopback webhook fixture)
 
 pytestmark = pytest.mark.slurm
@@ -37,6 +37,10 @@ stages:
     run_dir = latest_run()
     states = wait_terminal(run_dir, timeout=240)
     assert [s.value for s in states.values()] == ["COMPLETED", "FAILED", "CANCELLED"]
+    # The report reads accounting (sacct), which slurmdbd fills in a moment after the controller (seconds in CI
+    # under load): a stage status saw end from the controller alone may not be in sacct yet.
+    jobs = [s.current.job_id for s in state.Store(run_dir).read().stages.values()]
+    assert wait_accounted(jobs) == dict(zip(jobs, ["COMPLETED", "FAILED", "CANCELLED"]))
 
     calls: list[list[str]] = []
     real = proc.run
