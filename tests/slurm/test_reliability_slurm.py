@@ -209,7 +209,10 @@ stages:
 
 
 def test_bad_specs_reach_no_queue(slurm_cluster, write_spec, pipeline_home):
-    before = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split()
+    # Every job the controller knows, ended ones included (MinJobAge=300): a job wrongly submitted here shows up even
+    # if it has already ended, and even before slurmdbd has it (sacct alone could miss it during its lag).
+    known = ["squeue", "-h", "--states=all", "-o", "%i"]
+    before = subprocess.run(known, capture_output=True, text=True).stdout.split()
     start = time.strftime("%Y-%m-%dT%H:%M:%S")
     corpus = sorted((REPO / "tests" / "badspecs").glob("*.yaml"))
     on_dev = [write_spec(f"name: bad\ncluster: {CLUSTER}\nstages:\n  - {{name: a, kind: command, run: echo}}\n"
@@ -218,7 +221,7 @@ def test_bad_specs_reach_no_queue(slurm_cluster, write_spec, pipeline_home):
                                          "retries: -1", "resources: {sbatch: {hold: true}}"])]
     for path in [*corpus, *on_dev]:
         assert run_cli("submit", str(path)) == 1, path
-    after = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split()
+    after = subprocess.run(known, capture_output=True, text=True).stdout.split()
     acct = subprocess.run(["sacct", "-X", "-n", "-o", "JobName%60", "-S", start], capture_output=True,
                           text=True).stdout
     assert set(after) <= set(before) and "bad" not in acct
