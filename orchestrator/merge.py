@@ -31,6 +31,8 @@ def merge(attempt: Attempt, info: JobInfo | None, record: dict[str, Any] | None,
         new.exit_code = _exit_code(info, record, new.exit_code)
         new.nodes = info.nodes or new.nodes
         new.start, new.end = info.start or new.start, info.end or new.end
+        if info.state.terminal and not new.end and record and record.get("end"):
+            new.end = record["end"]  # ended before slurmdbd recorded it: the job's own end record has the time
         new.restarts = max(info.restarts, new.restarts, int(record.get("restarts", 0)) if record else 0)
         new.history = list(info.history) or new.history
         if record and info.state.terminal and record.get("reason") and not info.state.ok:

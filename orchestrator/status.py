@@ -19,8 +19,10 @@ from orchestrator.jobfiles import progress as progress
 from orchestrator.jobfiles import progress_note as progress_note
 from orchestrator.jobfiles import tracking_link as tracking_link
 from orchestrator.scheduler import (
+    CONTROLLER,
     CONTROLLER_DOWN,
     DEPENDENCY_FAILED,
+    SOURCE,
     AccountingUnavailable,
     JobInfo,
     Scheduler,
@@ -131,7 +133,9 @@ def _apply(view: RunView, found: dict[str, JobInfo] | None, degraded: bool = Fal
             continue
         if stage.state.terminal:
             revived = (found or {}).get(current.job_id)
-            if revived is not None and revived.state.active:  # a controller restart runs it again: say so
+            # A controller restart (or a requeue) runs it again: say so. Only on the controller's own word:
+            # accounting alone still calling it running is slurmdbd behind, or a runaway record.
+            if revived is not None and revived.state.active and revived.extra.get(SOURCE) == CONTROLLER:
                 stage.attempts[-1] = updates[name] = merge(current, revived, None)
             continue
         if found is None:

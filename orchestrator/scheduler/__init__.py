@@ -7,11 +7,13 @@ from pathlib import Path
 
 from orchestrator.scheduler.types import (
     ACCOUNTED_AS,
+    CONTROLLER,
     CONTROLLER_DOWN,
     DEFAULT_MAX_ARRAY_SIZE,
     DEPENDENCY_FAILED,
     DISAGREEMENT,
     NODE_PROBLEM,
+    SOURCE,
     AccountingUnavailable,
     ArrayRequest,
     JobInfo,
@@ -20,8 +22,8 @@ from orchestrator.scheduler.types import (
 )
 from orchestrator.spec import ClusterProfile
 
-__all__ = ["ACCOUNTED_AS", "CONTROLLER_DOWN", "DEFAULT_MAX_ARRAY_SIZE", "DEPENDENCY_FAILED", "DISAGREEMENT",
-           "NODE_PROBLEM", "AccountingUnavailable", "ArrayRequest", "JobInfo", "Scheduler", "SubmitRequest",
+__all__ = ["ACCOUNTED_AS", "CONTROLLER", "CONTROLLER_DOWN", "DEFAULT_MAX_ARRAY_SIZE", "DEPENDENCY_FAILED",
+           "DISAGREEMENT", "NODE_PROBLEM", "SOURCE", "AccountingUnavailable", "ArrayRequest", "JobInfo", "Scheduler", "SubmitRequest",
            "for_cluster", "query_group", "short_id"]
 
 

@@ -57,10 +57,12 @@ from orchestrator.state import RunPaths
 # sbatch --parsable gave and the one our state records; for a plain job both are the same.
 SACCT_FIELDS = "JobID,State,ExitCode,NodeList,Start,End,Reason"
 # squeue(1) -O "type[:[.][size][suffix]]": after the colon a missing size is 0, printed whole, neither padded nor
-# cut (SchedMD/slurm src/squeue/opts.c _parse_long_token; seen on the 22.05 test cluster), and "|" is the suffix. -O because the restart count has no -o letter: a requeue the controller has done and slurmdbd has
-# not recorded yet is told apart from a controller that reloaded an older state (slurm_parse.combine). JobArrayID
-# prints `123_4` as -o %i does; with -r (--array) one line per array task, never `123_[0-7]`.
-SQUEUE_FIELDS = "JobArrayID:|,State:|,Reason:|,NodeList:|,StartTime:|,RestartCnt:"
+# cut (SchedMD/slurm src/squeue/opts.c _parse_long_token; seen on the 22.05 test cluster); "|" is the suffix.
+# -O because the restart count has no -o letter: a requeue the controller has done and slurmdbd has not recorded
+# yet is told apart from a controller that reloaded an older state (slurm_parse.combine). EndTime is read only for
+# an ended job (before, it is the expected end): a job slurmdbd has not heard end of still gets its end time.
+# JobArrayID prints `123_4` as -o %i does; with -r (--array) one line per array task, never `123_[0-7]`.
+SQUEUE_FIELDS = "JobArrayID:|,State:|,Reason:|,NodeList:|,StartTime:|,RestartCnt:|,EndTime:"
 USAGE_FIELDS = "JobID,ElapsedRaw,NNodes,AllocTRES,TotalCPU,CPUTimeRAW,MaxRSS"
 QUERY_TIMEOUT_S = 30.0
 

@@ -9,7 +9,15 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from orchestrator.scheduler.types import ACCOUNTED_AS, DEFAULT_MAX_ARRAY_SIZE, DISAGREEMENT, NODE_PROBLEM, JobInfo
+from orchestrator.scheduler.types import (
+    ACCOUNTED_AS,
+    CONTROLLER,
+    DEFAULT_MAX_ARRAY_SIZE,
+    DISAGREEMENT,
+    NODE_PROBLEM,
+    SOURCE,
+    JobInfo,
+)
 from orchestrator.states import JobState, from_slurm, is_held
 
 REQUEUABLE = frozenset({JobState.NODE_FAIL, JobState.PREEMPTED})
@@ -82,9 +90,10 @@ def parse_squeue(text: str) -> dict[str, JobInfo]:
         restarts = int(parts[5]) if len(parts) > 5 and parts[5].strip().isdigit() else 0
         why = None if reason in ("", "None") else reason
         state = JobState.HELD if is_held(from_slurm(raw), raw, why) else from_slurm(raw)
+        end = _time(parts[6]) if len(parts) > 6 and state.terminal else None  # else EndTime is the expected end
         for job_id in expand_array_ids(record):
-            result[job_id] = JobInfo(state=state, nodes=nodes or None, start=_time(start), reason=why,
-                                     restarts=restarts, extra={"raw_state": raw, "source": "controller"})
+            result[job_id] = JobInfo(state=state, nodes=nodes or None, start=_time(start), end=end, reason=why,
+                                     restarts=restarts, extra={"raw_state": raw, SOURCE: CONTROLLER})
     return result
 
 
@@ -100,10 +109,11 @@ def combine(job_ids: Sequence[str], accounted: dict[str, JobInfo], live: dict[st
     queues it again, or accounting says it is live but the controller has no such job, the answer carries a
     DISAGREEMENT note instead of silently trusting one: after `kill -9` of slurmctld it reloads its last state save
     and can run a finished job again or lose a newer one (slurm.conf StateSaveLocation; issue 13 item 4). A job the
-    controller shows ending (COMPLETING, or ended) while accounting still says running is slurmdbd catching up
-    (it is updated asynchronously): accounting's answer stands until it has the exit code. So is a job the
-    controller has restarted more often than accounting knows (a node failure's requeue, seen under load in CI):
-    the controller's answer stands, with the restarts accounting has recorded so far."""
+    controller shows ended while accounting still says pending or running is slurmdbd catching up (it is updated
+    asynchronously): the controller's answer stands (its EndTime; the exit code comes from accounting later, or
+    from the job's own record), never a step back to pending. So is a job the controller has restarted more often
+    than accounting knows (a node failure's requeue, seen under load in CI): the controller's answer stands, with
+    the restarts accounting has recorded so far."""
     result: dict[str, JobInfo] = {}
     for job_id in job_ids:
         acct, ctld = accounted.get(job_id), live.get(job_id)
@@ -112,8 +122,10 @@ def combine(job_ids: Sequence[str], accounted: dict[str, JobInfo], live: dict[st
             if info is not None:
                 result[job_id] = _lost(info) if ctld is None and info.state.active else info
             continue
-        if ctld.state.terminal or ctld.extra.get("raw_state", "").startswith("COMPLETING"):
-            result[job_id] = acct
+        if acct.state.terminal and (ctld.state.terminal or ctld.extra.get("raw_state", "").startswith("COMPLETING")):
+            result[job_id] = acct  # accounting has the exit code
+        elif ctld.state.terminal:  # ended, and slurmdbd has not recorded the end (or even the start) yet
+            result[job_id] = _present(ctld, acct)
         elif acct.state in REQUEUABLE or acct.extra.get("raw_state", "").startswith("REQUEUE"):
             result[job_id] = _requeued(acct, ctld)
         elif acct.state.terminal:
@@ -121,8 +133,7 @@ def combine(job_ids: Sequence[str], accounted: dict[str, JobInfo], live: dict[st
             result[job_id] = _disputed(again, f"accounting says {_raw(acct)}" + (f" (ended {acct.end})" if acct.end
                                        else "") + f" but the controller shows it {ctld.state.value} again", acct)
         else:
-            now = dataclasses.replace(ctld, restarts=max(acct.restarts, ctld.restarts), history=acct.history,
-                                      nodes=ctld.nodes or acct.nodes, start=ctld.start or acct.start)
+            now = _present(ctld, acct)
             # A job goes back from running to pending only through a requeue, which raises the controller's restart
             # count at once and accounting's later: with the count unchanged, the controller's view is the older one.
             backwards = (acct.state is JobState.RUNNING and ctld.state is not JobState.RUNNING
@@ -130,6 +141,12 @@ def combine(job_ids: Sequence[str], accounted: dict[str, JobInfo], live: dict[st
             result[job_id] = _disputed(now, f"accounting says RUNNING but the controller shows it "
                                        f"{ctld.state.value}") if backwards else now
     return result
+
+
+def _present(ctld: JobInfo, acct: JobInfo) -> JobInfo:
+    """The controller's answer (the present), with the restarts, start and node accounting has recorded."""
+    return dataclasses.replace(ctld, restarts=max(acct.restarts, ctld.restarts), history=acct.history,
+                               nodes=ctld.nodes or acct.nodes, start=ctld.start or acct.start)
 
 
 def _lost(acct: JobInfo) -> JobInfo:

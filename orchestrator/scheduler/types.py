@@ -17,6 +17,7 @@ DISAGREEMENT = "disagreement"  # accounting and the controller tell different st
 NODE_PROBLEM = "node_problem"  # the drained/down node the job is on or waits for
 CONTROLLER_DOWN = "controller_down"  # squeue failed; this answer is accounting's alone
 ACCOUNTED_AS = "accounted_as"  # of a disputed job: the state accounting gives it
+SOURCE, CONTROLLER = "source", "controller"  # extra[SOURCE] == CONTROLLER: the state is the controller's own word
 
 # JobInfo.reason of a job the scheduler cancelled because a dependency failed
 DEPENDENCY_FAILED = "a dependency failed (cancelled by --kill-on-invalid-dep)"

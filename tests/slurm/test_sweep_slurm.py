@@ -14,7 +14,7 @@ import pytest
 from orchestrator import state
 from orchestrator.scheduler.slurm import SlurmScheduler
 from orchestrator.states import JobState
-from tests.helpers import latest_run, run_cli, wait_terminal
+from tests.helpers import latest_run, run_cli, wait_accounted, wait_terminal
 
 pytestmark = pytest.mark.slurm
 S = JobState
@@ -44,6 +44,7 @@ sweep:
 
 
 def sacct_rows(ids: list[str]) -> dict[str, dict[str, str]]:
+    wait_accounted(ids)  # status may have seen the ends from the controller, before slurmdbd recorded them
     out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,JobName,State,Start,End", "-j", ",".join(ids)],
                          capture_output=True, text=True, check=True).stdout
     rows = {}

@@ -16,7 +16,7 @@ import pytest
 
 from orchestrator import apply, loader, plan, rerun_cancel, status
 from orchestrator.errors import PipelineError
-from orchestrator.scheduler import JobInfo
+from orchestrator.scheduler import CONTROLLER, SOURCE, JobInfo
 from orchestrator.scheduler.fake import FakeScheduler
 from orchestrator.scheduler.slurm import (
     ACCOUNTED_AS,
@@ -126,8 +126,8 @@ def test_status_notices_a_finished_stage_running_again(run):
     ran it again, with no warning (38 of 65 samples in the issue)."""
     store, _, fake, ids = run
     _ended(store, fake, ids["a"], "a", ago_s=30)
-    fake.jobs[ids["a"]] = JobInfo(S.RUNNING, nodes="node2", extra={
-        DISAGREEMENT: "accounting says COMPLETED but the controller shows it RUNNING again"})
+    fake.jobs[ids["a"]] = JobInfo(S.RUNNING, nodes="node2", extra={  # as combine answers: the controller's word
+        SOURCE: CONTROLLER, DISAGREEMENT: "accounting says COMPLETED but the controller shows it RUNNING again"})
     view = refresh(store, fake)
     a = view.state.stages["a"]
     assert a.state is S.RUNNING and a.current.reason.startswith(status.DISPUTED + ": ")
@@ -238,6 +238,51 @@ def test_accounting_alone_never_moves_a_seen_start_back_to_pending():
     assert requeued.state is S.PENDING and requeued.restarts == 1
     with_ctld = merge(seen, JobInfo(S.PENDING, note="waiting for its dependencies"), None)
     assert with_ctld.state is S.PENDING  # both sources answered: combine judged it (disputed or requeued)
+
+
+def test_an_end_slurmdbd_has_not_recorded_yet_stands():
+    """CI under load (tests/slurm audit): the controller says a job ended while slurmdbd has no row, or still says
+    PENDING or RUNNING. The controller's answer stands, with its EndTime (read only once a job has ended: before,
+    squeue's EndTime is the expected end), never a step back to "waiting for its dependencies"."""
+    from orchestrator.scheduler.slurm_reasons import explained
+
+    ended = "9|COMPLETED|None|dev1|2026-12-01T10:00:00|0|2026-12-01T10:00:05"
+    assert squeue("9|RUNNING|None|dev1|2026-12-01T10:00:00|0|2026-12-01T11:00:00")["9"].end is None
+    for acct in ({}, sacct("9|PENDING|0:0|None assigned|Unknown|Unknown|Dependency"),
+                 sacct("9|RUNNING|0:0|dev1|2026-12-01T10:00:00|Unknown|None")):
+        got = explained(combine(["9"], acct, squeue(ended))["9"], "9")
+        assert (got.state, got.end, got.nodes, got.note) == (S.COMPLETED, "2026-12-01T10:00:05", "dev1", None), acct
+        assert DISAGREEMENT not in got.extra
+    failed = combine(["9"], sacct("9|RUNNING|0:0|dev1|2026-12-01T10:00:00|Unknown|None"),
+                     squeue("9|FAILED|NonZeroExitCode|dev1|2026-12-01T10:00:00|0|2026-12-01T10:00:05"))["9"]
+    assert failed.state is S.FAILED
+    done = combine(["9"], sacct("9|COMPLETED|0:0|dev1|2026-12-01T10:00:00|2026-12-01T10:00:05|None"),
+                   squeue("9|COMPLETING|None|dev1|2026-12-01T10:00:00|0|2026-12-01T10:00:05"))["9"]
+    assert done.state is S.COMPLETED and done.exit_code == 0  # accounting has it: its exit code wins
+
+
+def test_an_end_known_only_to_the_job_record_is_kept():
+    """Without any end time from the scheduler, the job's own end record gives it (else ELAPSED stays empty and
+    the stage, never re-checked, keeps end null for good)."""
+    from orchestrator.merge import merge
+    from orchestrator.state import Attempt
+
+    got = merge(Attempt(job_id="9", state=S.RUNNING, start="2026-12-01T10:00:00"), JobInfo(S.COMPLETED),
+                {"exit_code": 0, "end": "2026-12-01T10:00:05"})
+    assert got.state is S.COMPLETED and got.end == "2026-12-01T10:00:05"
+
+
+def test_accounting_alone_calling_a_finished_stage_running_does_not_revive_it(run):
+    """A stage status saw end (here: from its record, accounting down) that slurmdbd, catching up, still calls
+    RUNNING while the controller no longer lists it: a lag or a runaway record, not the controller running it
+    again. The old code persisted RUNNING, so rerun refused and cancel targeted the finished job."""
+    store, _, fake, ids = run
+    _ended(store, fake, ids["a"], "a", ago_s=30)
+    fake.jobs[ids["a"]] = combine([ids["a"]], sacct(f"{ids['a']}|RUNNING|0:0|dev1|2026-12-01T10:00:00|Unknown|None"),
+                                  {})[ids["a"]]
+    assert DISAGREEMENT in fake.jobs[ids["a"]].extra  # accounting's word alone, disputed
+    refresh(store, fake)
+    assert store.read().stages["a"].state is S.COMPLETED
 
 
 def test_a_held_job_accounting_calls_completed_is_not_released(run):
