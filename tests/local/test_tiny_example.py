@@ -1,4 +1,6 @@
-"""The README's main job: examples/tiny-llama-local.yaml end to end on the local cluster (real CPU training)."""
+"""examples/tiny-llama-local.yaml end to end on the local cluster (real CPU training): the local backend running the
+chain of the README's main job (`./dev demo`, examples/smollm2-local.yaml) on a tiny model; the real SmolLM2 chain
+runs in tests/slurm/test_tiny_pipeline_slurm.py."""
 
 from __future__ import annotations
 
