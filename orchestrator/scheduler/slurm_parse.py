@@ -58,7 +58,7 @@ def parse_sacct(text: str) -> dict[str, JobInfo]:
                 state=from_slurm(state),
                 exit_code=_exit(code, sig),
                 nodes=None if nodes in ("", "None assigned") else nodes,
-                start=_time(start), end=_time(end), reason=None if reason in ("", "None") else reason,
+                start=_ran_since(start, nodes), end=_time(end), reason=None if reason in ("", "None") else reason,
                 restarts=len(history), history=history, extra={"raw_state": state},
             )
     return result
@@ -92,7 +92,8 @@ def parse_squeue(text: str) -> dict[str, JobInfo]:
         state = JobState.HELD if is_held(from_slurm(raw), raw, why) else from_slurm(raw)
         end = _time(parts[6]) if len(parts) > 6 and state.terminal else None  # else EndTime is the expected end
         for job_id in expand_array_ids(record):
-            result[job_id] = JobInfo(state=state, nodes=nodes or None, start=_time(start), end=end, reason=why,
+            result[job_id] = JobInfo(state=state, nodes=nodes or None, start=_ran_since(start, nodes), end=end,
+                                     reason=why,
                                      restarts=restarts, extra={"raw_state": raw, SOURCE: CONTROLLER})
     return result
 
@@ -269,6 +270,13 @@ def _exit(code: str, sig: str) -> int | None:
     if sig.isdigit() and int(sig):
         return 128 + int(sig)
     return int(code)
+
+
+def _ran_since(start: str, nodes: str) -> str | None:
+    """A start time only for a job that got an allocation. Before that, squeue's StartTime is the scheduler's
+    expected start (squeue(1): "actual or expected"; backfill sets one for a queued job), and a job cancelled
+    while queued gets its cancel time as Start in both squeue and sacct (seen on 22.05): neither ever ran."""
+    return _time(start) if nodes not in ("", "None assigned") else None
 
 
 def _time(value: str) -> str | None:

@@ -261,6 +261,18 @@ def test_an_end_slurmdbd_has_not_recorded_yet_stands():
     assert done.state is S.COMPLETED and done.exit_code == 0  # accounting has it: its exit code wins
 
 
+def test_a_start_only_for_a_job_that_got_an_allocation():
+    """CI under load (tests/slurm/test_report_slurm.py): a queued job's squeue StartTime is the scheduler's
+    expected start, and a job cancelled while queued has its cancel time as Start in squeue and sacct (rows as the
+    22.05 test cluster printed them). Taken as a start, the report drew a queued-then-ran timeline for a job that
+    never ran, and its outcome "pending"."""
+    assert squeue("9|PENDING|Priority||2026-12-01T11:00:00|0|2026-12-01T12:00:00")["9"].start is None
+    cancelled = squeue("9|CANCELLED|Dependency||2026-12-01T15:59:48|0|2026-12-01T15:59:48")["9"]
+    assert (cancelled.start, cancelled.end) == (None, "2026-12-01T15:59:48")
+    assert sacct("9|CANCELLED by 0|0:0|None assigned|2026-12-01T15:59:48|2026-12-01T15:59:48|None")["9"].start is None
+    assert squeue("9|RUNNING|None|dev1|2026-12-01T10:00:00|0|2026-12-01T11:00:00")["9"].start == "2026-12-01T10:00:00"
+
+
 def test_an_end_known_only_to_the_job_record_is_kept():
     """Without any end time from the scheduler, the job's own end record gives it (else ELAPSED stays empty and
     the stage, never re-checked, keeps end null for good)."""
