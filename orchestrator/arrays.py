@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from orchestrator import dag
 from orchestrator import state as statelib
 from orchestrator.deps import dependency_id
-from orchestrator.errors import PipelineError
 from orchestrator.plan import Plan
-from orchestrator.scheduler import ArrayRequest, Scheduler, SubmitRequest
+from orchestrator.scheduler import ArrayRequest, Scheduler, SubmitRequest, live_jobs
 from orchestrator.state import Attempt, RunState, Store
 from orchestrator.sweep import split_name
 
@@ -139,22 +138,23 @@ def withdraw_unrecorded(store: Store, scheduler: Scheduler, found: dict[str, lis
     be recomputed from a MaxArraySize that may have changed since. scancel(1) of a job that never started only
     ends its queue entry (CANCELLED); resume then submits the stages as if the array had never been sent.
     """
-    state = store.read()
+    orphans = unrecorded(store.read(), found)
+    live = set(live_jobs(scheduler, [j for ids in orphans.values() for j in ids]))
+    if not live:
+        return []
+    scheduler.cancel([j for ids in orphans.values() for j in ids if j in live])
+    return [f"stage {base}: job array {array} ({len(ids)} tasks) was accepted by sbatch but never recorded (the "
+            f"submit was interrupted): cancelled; its stages count as not submitted"
+            for (base, array), ids in orphans.items() if any(j in live for j in ids)]
+
+
+def unrecorded(state: RunState, found: dict[str, list[str]]) -> dict[tuple[str, str], list[str]]:
+    """Of the task ids found by base-stage tag (`found`: base -> ids), those of arrays no stage records, by
+    (base stage, array id). An array is recorded whole or not at all (one state write in `_record`)."""
     recorded = {a.job_id.partition("_")[0] for s in state.stages.values() for a in s.attempts}
-    orphans: dict[tuple[str, str], list[str]] = {}  # (base stage, array id) -> its task ids
+    orphans: dict[tuple[str, str], list[str]] = {}
     for base, ids in found.items():
         for job_id in ids:
             if job_id.partition("_")[0] not in recorded:
                 orphans.setdefault((base, job_id.partition("_")[0]), []).append(job_id)
-    every = [j for ids in orphans.values() for j in ids]
-    if not every:
-        return []
-    try:
-        known = scheduler.query(every)
-        live = {j for j in every if j not in known or known[j].state.active}
-    except PipelineError:
-        live = set(every)  # cannot tell: scancel of an ended job is harmless (Scheduler contract 3)
-    scheduler.cancel([j for j in every if j in live])
-    return [f"stage {base}: job array {array} ({len(ids)} tasks) was accepted by sbatch but never recorded (the "
-            f"submit was interrupted): cancelled; its stages count as not submitted"
-            for (base, array), ids in orphans.items() if any(j in live for j in ids)]
+    return orphans

@@ -12,7 +12,7 @@ from orchestrator.apply import adopt_orphans, release_holds, submit_stages
 from orchestrator.errors import PipelineError
 from orchestrator.merge import CANCEL_REQUESTED
 from orchestrator.plan import Plan
-from orchestrator.scheduler import Scheduler
+from orchestrator.scheduler import Scheduler, live_jobs
 from orchestrator.state import RunState, Store
 from orchestrator.states import JobState
 from orchestrator.sweep import split_name
@@ -101,7 +101,7 @@ def cancel(store: Store, plan: Plan, scheduler: Scheduler, stage: str | None = N
     ended = {a.job_id for a in recorded if a.state.terminal}
     candidates = [a.job_id for a in recorded if not a.state.terminal]
     candidates += _tagged(store, scheduler, state, names, ended | set(candidates))
-    ids = _live(scheduler, candidates)
+    ids = live_jobs(scheduler, candidates)
     if ids:
         scheduler.cancel(ids)
         with store.update() as fresh:
@@ -115,24 +115,12 @@ def cancel(store: Store, plan: Plan, scheduler: Scheduler, stage: str | None = N
 def _tagged(store: Store, scheduler: Scheduler, state: RunState, names: Collection[str], seen: set[str]) -> list[str]:
     """Jobs tagged with the stages' names that the state does not list as ended or live: a duplicate, a job a
     killed submit never recorded. A sweep's array carries its base stage's tag (arrays.array_tags) and holds every
-    variant's task: of those, only tasks no stage records (an array the state never recorded: held, never ran), so
+    variant's task: of those, only the tasks of arrays no stage records (arrays.unrecorded: held, never ran), so
     cancelling one variant leaves the other variants' tasks alone."""
     bases = [b for b in arrays.array_tags(state) if any(split_name(n)[0] == b for n in names)]
-    known = {a.job_id for s in state.stages.values() for a in s.attempts}
+    tagged = scheduler.find_tagged(store.paths.root, state.run_id, sorted(names) + bases)
+    orphans = arrays.unrecorded(state, {b: tagged.pop(b, []) for b in bases if b not in names})
     found: list[str] = []
-    for tag, ids in scheduler.find_tagged(store.paths.root, state.run_id, sorted(names) + bases).items():
-        skip = seen | known if tag in bases and tag not in names else seen
-        found += [j for j in ids if j not in skip and j not in found]
+    for ids in [*tagged.values(), *orphans.values()]:
+        found += [j for j in ids if j not in seen and j not in found]
     return found
-
-
-def _live(scheduler: Scheduler, candidates: list[str]) -> list[str]:
-    """Those of candidates still queued or running; all of them when the scheduler cannot say (scancel of a
-    finished job is harmless)."""
-    if not candidates:
-        return []
-    try:
-        found = scheduler.query(candidates)
-    except PipelineError:
-        return candidates
-    return [j for j in candidates if j not in found or found[j].state.active]

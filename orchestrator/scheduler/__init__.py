@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from orchestrator.errors import PipelineError
 from orchestrator.scheduler.types import (
     ACCOUNTED_AS,
     CONTROLLER,
@@ -24,7 +25,7 @@ from orchestrator.spec import ClusterProfile
 
 __all__ = ["ACCOUNTED_AS", "CONTROLLER", "CONTROLLER_DOWN", "DEFAULT_MAX_ARRAY_SIZE", "DEPENDENCY_FAILED",
            "DISAGREEMENT", "NODE_PROBLEM", "SOURCE", "AccountingUnavailable", "ArrayRequest", "JobInfo", "Scheduler", "SubmitRequest",
-           "for_cluster", "query_group", "short_id"]
+           "for_cluster", "live_jobs", "query_group", "short_id"]
 
 
 def for_cluster(cluster: ClusterProfile, run_dir: Path) -> Scheduler:
@@ -52,3 +53,15 @@ def short_id(job_id: str) -> str:
     from orchestrator.scheduler.local import short_id as local_short
 
     return local_short(job_id)
+
+
+def live_jobs(scheduler: Scheduler, candidates: list[str]) -> list[str]:
+    """Those of candidates still queued or running; all of them when the scheduler cannot say (scancel of a
+    finished job is harmless: Scheduler contract 3). Cancel and resume both ask it before scancel."""
+    if not candidates:
+        return []
+    try:
+        found = scheduler.query(candidates)
+    except PipelineError:
+        return candidates
+    return [j for j in candidates if j not in found or found[j].state.active]
